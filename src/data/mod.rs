@@ -1,0 +1,6 @@
+//! Datasets: the in-memory [`Dataset`], readers for the common formats, synthetic generators,
+//! transforms and sampling.
+
+mod dataset;
+
+pub use dataset::{Attributes, Dataset};

@@ -1,0 +1,95 @@
+//! Atomic file output.
+//!
+//! Checkpoints, weights and result tables are written to a temporary file beside the target,
+//! flushed to disk, then renamed over it: a reader (or a resumed run) sees the old file or the
+//! new one, never a half-written one, even if the process is killed mid-write.
+
+use crate::error::{Error, Result};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Write a file atomically: `write` fills a buffered writer on a temporary file in the same
+/// directory, which is then synced and renamed onto `path`. On any error the temporary file is
+/// removed and `path` is untouched.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("result.txt");
+/// transferlab::fsutil::write_atomic(&path, |w| {
+///     use std::io::Write;
+///     w.write_all(b"ca,asr\n0.98,0.99\n")
+/// }).unwrap();
+/// assert_eq!(std::fs::read_to_string(&path).unwrap(), "ca,asr\n0.98,0.99\n");
+/// ```
+pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+{
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let tmp = temp_path(path);
+    let result = (|| -> std::io::Result<()> {
+        let file = File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", path, e));
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("rename into place", path, e)
+    })?;
+    // Persist the rename itself; not all platforms allow syncing a directory, so ignore failure.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Atomically write a byte buffer.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// The temporary name used while `path` is being written: hidden, unique per process.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Read a whole file, naming the path in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io("read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_leaves_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.csv");
+        write_bytes_atomic(&path, b"old").unwrap();
+        let err = write_atomic(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("killed"))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temporary file was not cleaned up");
+    }
+}

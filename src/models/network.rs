@@ -1,0 +1,265 @@
+//! A model with its weights: body, replaceable head, parameter groups, save and load.
+
+use super::init::{initialise, InitScheme};
+use super::layers::Linear;
+use super::spec::{Arch, ModelSpec};
+use super::{build_body, Body};
+use crate::error::{Error, Result};
+use crate::weights::{self, LoadReport, NamedTensors};
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How strictly [`Network::load`] matches a weight file against the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every tensor must be present with the right shape, and nothing else.
+    Strict,
+    /// Load the body; the head is kept as it is and head tensors in the file are ignored
+    /// (transfer to a task with other classes).
+    BodyOnly,
+}
+
+/// A network ready to train or evaluate: an architecture from [`ModelSpec`], its variables,
+/// and which parameter groups are frozen.
+///
+/// ```
+/// use transferlab::models::{ModelSpec, Network};
+/// use candle_core::{Device, Tensor, DType};
+/// let spec = ModelSpec::named("convnet", (1, 8, 8), 10).unwrap();
+/// let net = Network::new(&spec, 0, &Device::Cpu).unwrap();
+/// let x = Tensor::zeros((2, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(net.forward(&x, false).unwrap().dims(), &[2, 10]);
+/// assert_eq!(net.features(&x, false).unwrap().dims(), &[2, net.feature_dim()]);
+/// ```
+pub struct Network {
+    spec: ModelSpec,
+    varmap: VarMap,
+    body: Arc<dyn Body>,
+    head: Linear,
+    frozen: BTreeSet<String>,
+    device: Device,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Network({:?}, {} parameters, {} frozen)", self.spec.arch, self.num_parameters(), self.frozen.len())
+    }
+}
+
+impl Network {
+    /// A freshly initialised network; the same `seed` gives the same weights bit for bit.
+    pub fn new(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let body = build_body(spec, vb.clone())?;
+        let head = Linear::new(body.feature_dim(), spec.num_classes, vb.pp(spec.head_name()))?;
+        initialise(&varmap, init_scheme(&spec.arch), seed, "")?;
+        Ok(Self { spec: spec.clone(), varmap, body, head, frozen: BTreeSet::new(), device: device.clone() })
+    }
+
+    /// The model's specification.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Width of the penultimate features.
+    pub fn feature_dim(&self) -> usize {
+        self.body.feature_dim()
+    }
+
+    /// Logits (N, classes). In training mode BatchNorm uses batch statistics and updates its
+    /// running averages, except in a frozen body, which always runs in eval mode so that
+    /// fixed-feature fine-tuning leaves the features exactly as they were.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let f = self.features(x, train)?;
+        Ok(self.head.forward(&f)?)
+    }
+
+    /// Penultimate features (N, feature_dim).
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (c, h, w) = self.spec.input;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != c || dims[2] != h || dims[3] != w {
+            return Err(Error::shape(
+                "model input",
+                format!("expected (N, {c}, {h}, {w}) images, got {dims:?}"),
+            ));
+        }
+        let body_train = train && !self.body_frozen();
+        Ok(self.body.features(x, body_train)?)
+    }
+
+    /// Apply only the head to features.
+    pub fn head_forward(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(features)?)
+    }
+
+    /// Replace the head with a freshly initialised one for `num_classes` classes (transfer to a
+    /// new task, or re-initialising the head as a removal attempt).
+    pub fn replace_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
+        let spec = ModelSpec::new(self.spec.arch.clone(), self.spec.input, num_classes)?;
+        let prefix = format!("{}.", spec.head_name());
+        self.varmap.data().lock().expect("VarMap lock poisoned").retain(|k, _| !k.starts_with(&prefix));
+        let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
+        self.head = Linear::new(self.feature_dim(), num_classes, vb.pp(spec.head_name()))?;
+        initialise(&self.varmap, init_scheme(&spec.arch), seed, &prefix)?;
+        self.spec = spec;
+        Ok(())
+    }
+
+    /// Names of every parameter and buffer, sorted.
+    pub fn parameter_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.varmap.data().lock().expect("VarMap lock poisoned").keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Number of scalar parameters (buffers included).
+    pub fn num_parameters(&self) -> usize {
+        self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Whether `name` belongs to the head.
+    pub fn is_head(&self, name: &str) -> bool {
+        name.starts_with(&format!("{}.", self.spec.head_name()))
+    }
+
+    fn body_frozen(&self) -> bool {
+        let names = self.parameter_names();
+        names.iter().filter(|n| !self.is_head(n)).all(|n| self.frozen.contains(n))
+    }
+
+    /// Freeze every parameter whose name starts with `prefix` ("" freezes everything).
+    pub fn freeze(&mut self, prefix: &str) {
+        for n in self.parameter_names() {
+            if n.starts_with(prefix) {
+                self.frozen.insert(n);
+            }
+        }
+    }
+
+    /// Unfreeze every parameter whose name starts with `prefix`.
+    pub fn unfreeze(&mut self, prefix: &str) {
+        self.frozen.retain(|n| !n.starts_with(prefix));
+    }
+
+    /// Fixed-feature mode: freeze everything but the head.
+    pub fn freeze_body(&mut self) {
+        for n in self.parameter_names() {
+            if !self.is_head(&n) {
+                self.frozen.insert(n);
+            }
+        }
+    }
+
+    /// Full fine-tuning mode: nothing frozen.
+    pub fn unfreeze_all(&mut self) {
+        self.frozen.clear();
+    }
+
+    /// The variables an optimiser should update: not frozen, and not running statistics
+    /// (which BatchNorm updates itself).
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        let mut v: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(k, _)| !self.frozen.contains(*k) && !is_buffer(k))
+            .map(|(k, var)| (k.clone(), var.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A copy of every parameter and buffer.
+    pub fn named_tensors(&self) -> Result<NamedTensors> {
+        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+    }
+
+    /// Shapes of every parameter and buffer.
+    pub fn named_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        data.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect()
+    }
+
+    /// Overwrite the named variables with `tensors` (checked against the model by `mode`).
+    pub fn set_tensors(&mut self, tensors: &NamedTensors, mode: LoadMode) -> Result<LoadReport> {
+        let mut expected = self.named_shapes();
+        let mut found = tensors.clone();
+        if mode == LoadMode::BodyOnly {
+            expected.retain(|k, _| !self.is_head(k));
+            found.retain(|k, _| !self.is_head(k));
+        }
+        // Files written by PyTorch carry BatchNorm's step counter; we keep none, so it is not
+        // "unexpected".
+        found.retain(|k, _| !k.ends_with("num_batches_tracked"));
+        let report = LoadReport::compare(&expected, &found);
+        if !report.is_exact() {
+            return Err(Error::WeightMismatch(report.describe()));
+        }
+        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        for name in &report.loaded {
+            let var = &data[name];
+            var.set(&found[name].to_dtype(var.dtype())?.to_device(&self.device)?)?;
+        }
+        Ok(report)
+    }
+
+    /// Save weights as safetensors (atomically), with the model spec in the metadata so that
+    /// [`Network::from_file`] can rebuild it.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("transferlab.spec".to_string(), serde_json::to_string(&self.spec).expect("spec serialises"));
+        weights::write_safetensors(path, &self.named_tensors()?, Some(meta))
+    }
+
+    /// Load weights from any supported file into this model.
+    pub fn load(&mut self, path: &Path, mode: LoadMode) -> Result<LoadReport> {
+        let tensors = weights::read_weights(path)?;
+        self.set_tensors(&tensors, mode).map_err(|e| match e {
+            Error::WeightMismatch(m) => Error::WeightMismatch(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Rebuild a network saved by [`Network::save`].
+    pub fn from_file(path: &Path, device: &Device) -> Result<Self> {
+        let meta = weights::read_safetensors_metadata(path)?;
+        let spec_json = meta.get("transferlab.spec").ok_or_else(|| {
+            Error::format(path, "transferlab weights", "no model spec in the metadata; build the model with Network::new and call load")
+        })?;
+        let spec: ModelSpec = serde_json::from_str(spec_json)
+            .map_err(|e| Error::format(path, "transferlab weights", format!("model spec unreadable: {e}")))?;
+        let mut net = Network::new(&spec, 0, device)?;
+        net.load(path, LoadMode::Strict)?;
+        Ok(net)
+    }
+
+    /// An independent copy (weights copied, frozen set kept).
+    pub fn duplicate(&self) -> Result<Self> {
+        let mut copy = Network::new(&self.spec, 0, &self.device)?;
+        copy.set_tensors(&self.named_tensors()?, LoadMode::Strict)?;
+        copy.frozen = self.frozen.clone();
+        Ok(copy)
+    }
+}
+
+/// Running statistics and counters, updated by the forward pass rather than by an optimiser.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+}
+
+fn init_scheme(arch: &Arch) -> InitScheme {
+    match arch {
+        Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 => InitScheme::KaimingNormalFanOut,
+        _ => InitScheme::TorchDefault,
+    }
+}

@@ -1,0 +1,145 @@
+//! What a model is, by name: architecture, input shape and number of classes.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Normalisation used between convolution and ReLU in [`Arch::ConvNet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Norm {
+    /// Instance normalisation (the dataset-distillation default).
+    Instance,
+    /// Batch normalisation with running statistics.
+    Batch,
+    /// No normalisation.
+    None,
+}
+
+/// The architectures transferlab builds. Parameter names follow the PyTorch reference of each,
+/// so weights trained there load here and the reverse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Arch {
+    /// Fully connected ReLU network on flattened images (`layers.N`, head `head`).
+    Mlp { hidden: Vec<usize> },
+    /// The ConvNet of the dataset-distillation papers: `depth` x (3x3 conv, norm, ReLU,
+    /// 2x2 avg-pool) at `width` channels, then a linear head (`features.*`, head `classifier`).
+    ConvNet { width: usize, depth: usize, norm: Norm },
+    /// The BadNets-style LeNet CNN: conv5x5(16)-ReLU-avgpool, conv5x5(32)-ReLU-avgpool,
+    /// fc(512)-ReLU, head `fc2` (Gu et al. 2017, as in the common PyTorch re-implementations).
+    BadNetsCnn,
+    /// He et al. CIFAR ResNet-20/32/44/56 with option-A (zero-padding) shortcuts; names of the
+    /// widely used PyTorch reference (`conv1`, `bn1`, `layer1.0.conv1`, ..., head `linear`).
+    CifarResNet { depth: usize },
+    /// PreAct-ResNet-18 for 32x32 inputs (BackdoorBench's default); head `linear`.
+    PreActResNet18,
+    /// torchvision/timm ResNet-18 (BasicBlock), head `fc`.
+    ResNet18,
+    /// torchvision/timm ResNet-50 (Bottleneck), head `fc`.
+    ResNet50,
+}
+
+/// A model: architecture, input image shape (C, H, W) and number of classes.
+///
+/// ```
+/// use transferlab::models::ModelSpec;
+/// let spec = ModelSpec::named("resnet20", (3, 32, 32), 10).unwrap();
+/// assert_eq!(spec.head_name(), "linear");
+/// assert!(ModelSpec::named("resnet21", (3, 32, 32), 10).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub input: (usize, usize, usize),
+    pub num_classes: usize,
+}
+
+/// Registry names accepted by [`ModelSpec::named`], with what each builds.
+pub const MODEL_NAMES: &[(&str, &str)] = &[
+    ("mlp", "MLP, two hidden layers of 256"),
+    ("convnet", "ConvNet width 128, depth 3, instance norm (dataset distillation)"),
+    ("convnet-bn", "ConvNet width 128, depth 3, batch norm"),
+    ("badnets-cnn", "BadNets LeNet-style CNN"),
+    ("resnet20", "CIFAR ResNet-20 (option A)"),
+    ("resnet32", "CIFAR ResNet-32 (option A)"),
+    ("resnet44", "CIFAR ResNet-44 (option A)"),
+    ("resnet56", "CIFAR ResNet-56 (option A)"),
+    ("preact-resnet18", "PreAct-ResNet-18"),
+    ("resnet18", "ResNet-18 (torchvision names)"),
+    ("resnet50", "ResNet-50 (torchvision names)"),
+];
+
+impl ModelSpec {
+    /// A model from its registry name (see [`MODEL_NAMES`]).
+    pub fn named(name: &str, input: (usize, usize, usize), num_classes: usize) -> Result<Self> {
+        let arch = match name {
+            "mlp" => Arch::Mlp { hidden: vec![256, 256] },
+            "convnet" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Instance },
+            "convnet-bn" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Batch },
+            "badnets-cnn" => Arch::BadNetsCnn,
+            "resnet20" => Arch::CifarResNet { depth: 20 },
+            "resnet32" => Arch::CifarResNet { depth: 32 },
+            "resnet44" => Arch::CifarResNet { depth: 44 },
+            "resnet56" => Arch::CifarResNet { depth: 56 },
+            "preact-resnet18" => Arch::PreActResNet18,
+            "resnet18" => Arch::ResNet18,
+            "resnet50" => Arch::ResNet50,
+            other => {
+                let known: Vec<&str> = MODEL_NAMES.iter().map(|(n, _)| *n).collect();
+                return Err(Error::invalid(
+                    "model name",
+                    format!("unknown model {other:?}; known models: {}", known.join(", ")),
+                ));
+            }
+        };
+        Self::new(arch, input, num_classes)
+    }
+
+    /// A model from an explicit architecture; checks the input shape and class count.
+    pub fn new(arch: Arch, input: (usize, usize, usize), num_classes: usize) -> Result<Self> {
+        if num_classes < 2 {
+            return Err(Error::invalid("number of classes", format!("{num_classes}; a classifier needs at least 2")));
+        }
+        if input.0 == 0 || input.1 == 0 || input.2 == 0 {
+            return Err(Error::invalid("input shape", format!("{input:?} has a zero dimension")));
+        }
+        let spec = Self { arch, input, num_classes };
+        spec.check_input()?;
+        Ok(spec)
+    }
+
+    /// The name of the classification head's parameter prefix.
+    pub fn head_name(&self) -> &'static str {
+        match self.arch {
+            Arch::Mlp { .. } => "head",
+            Arch::ConvNet { .. } => "classifier",
+            Arch::BadNetsCnn => "fc2",
+            Arch::CifarResNet { .. } | Arch::PreActResNet18 => "linear",
+            Arch::ResNet18 | Arch::ResNet50 => "fc",
+        }
+    }
+
+    fn check_input(&self) -> Result<()> {
+        let (_, h, w) = self.input;
+        let min = match self.arch {
+            Arch::Mlp { .. } => 1,
+            Arch::ConvNet { depth, .. } => 1 << depth,
+            Arch::BadNetsCnn => 16,
+            Arch::CifarResNet { depth } => {
+                if depth < 8 || (depth - 2) % 6 != 0 {
+                    return Err(Error::invalid("CIFAR ResNet depth", format!("{depth}; it must be 6n+2 (20, 32, 44, 56, ...)")));
+                }
+                4
+            }
+            Arch::PreActResNet18 => 8,
+            Arch::ResNet18 | Arch::ResNet50 => 32,
+        };
+        if h < min || w < min {
+            return Err(Error::invalid(
+                "input shape",
+                format!("{:?} images are too small for {:?}: at least {min}x{min} is needed", self.input, self.arch),
+            ));
+        }
+        Ok(())
+    }
+}
