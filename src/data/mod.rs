@@ -2,5 +2,6 @@
 //! transforms and sampling.
 
 mod dataset;
+pub mod transforms;
 
 pub use dataset::{Attributes, Dataset};

@@ -1,0 +1,72 @@
+//! The one results vocabulary of attacks and defences: clean accuracy (CA), attack success
+//! rate (ASR) and robust accuracy (RA), as in BackdoorBench.
+
+use super::poison::TargetMode;
+use super::trigger::Trigger;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::models::Network;
+use crate::train::evaluate::{fraction_equal, predict};
+use polars::prelude::{DataFrame, NamedFrom, Series};
+use serde::{Deserialize, Serialize};
+
+/// CA, ASR and RA of one model against one trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BackdoorMetrics {
+    /// Accuracy on the clean test set.
+    pub clean_accuracy: f64,
+    /// Fraction of triggered test inputs (true label != target) classified as the target.
+    pub attack_success_rate: f64,
+    /// Fraction of the same triggered inputs still classified as their true label.
+    pub robust_accuracy: f64,
+    /// Clean test samples.
+    pub n_clean: usize,
+    /// Triggered test samples.
+    pub n_triggered: usize,
+}
+
+/// Measure CA on `test` and ASR/RA on triggered copies of the test samples whose true label
+/// differs from their target.
+pub fn evaluate_backdoor(net: &Network, test: &Dataset, trigger: &Trigger, target: &TargetMode, seed: u64) -> Result<BackdoorMetrics> {
+    let k = test.num_classes();
+    target.validate(k)?;
+    let pred = predict(net, test)?;
+    let clean_accuracy = fraction_equal(&pred, &test.labels);
+    let victims: Vec<usize> = (0..test.len()).filter(|&i| target.target_for(test.labels[i], k) != test.labels[i]).collect();
+    if victims.is_empty() {
+        return Err(Error::invalid("test set", "no test sample has a label other than the target; ASR is undefined"));
+    }
+    let triggered = trigger.apply_to(&test.select(&victims)?, &(0..victims.len()).collect::<Vec<_>>(), seed)?;
+    let tpred = predict(net, &triggered)?;
+    let targets: Vec<u32> = triggered.labels.iter().map(|&y| target.target_for(y, k)).collect();
+    Ok(BackdoorMetrics {
+        clean_accuracy,
+        attack_success_rate: fraction_equal(&tpred, &targets),
+        robust_accuracy: fraction_equal(&tpred, &triggered.labels),
+        n_clean: test.len(),
+        n_triggered: victims.len(),
+    })
+}
+
+/// The standard results table: one row per named run with columns run, ca, asr, ra,
+/// n_clean, n_triggered (rates as fractions in [0, 1]).
+///
+/// ```
+/// use transferlab::attacks::{metrics_table, BackdoorMetrics};
+/// let m = BackdoorMetrics { clean_accuracy: 0.98, attack_success_rate: 0.99, robust_accuracy: 0.01, n_clean: 100, n_triggered: 90 };
+/// let df = metrics_table(&[("badnets".to_string(), m)]).unwrap();
+/// assert_eq!(df.height(), 1);
+/// assert_eq!(df.get_column_names_str(), ["run", "ca", "asr", "ra", "n_clean", "n_triggered"]);
+/// ```
+pub fn metrics_table(rows: &[(String, BackdoorMetrics)]) -> Result<DataFrame> {
+    let col = |f: &dyn Fn(&BackdoorMetrics) -> f64| rows.iter().map(|(_, m)| f(m)).collect::<Vec<f64>>();
+    let cols = vec![
+        Series::new("run".into(), rows.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()).into(),
+        Series::new("ca".into(), col(&|m| m.clean_accuracy)).into(),
+        Series::new("asr".into(), col(&|m| m.attack_success_rate)).into(),
+        Series::new("ra".into(), col(&|m| m.robust_accuracy)).into(),
+        Series::new("n_clean".into(), rows.iter().map(|(_, m)| m.n_clean as u64).collect::<Vec<_>>()).into(),
+        Series::new("n_triggered".into(), rows.iter().map(|(_, m)| m.n_triggered as u64).collect::<Vec<_>>()).into(),
+    ];
+    Ok(DataFrame::new_infer_height(cols)?)
+}

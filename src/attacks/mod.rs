@@ -1,0 +1,10 @@
+//! Backdoor attacks: triggers, poisoning and the CA/ASR/RA metrics every attack and defence
+//! reports.
+
+mod metrics;
+mod poison;
+mod trigger;
+
+pub use metrics::{evaluate_backdoor, metrics_table, BackdoorMetrics};
+pub use poison::{poison, PoisonConfig, TargetMode};
+pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};

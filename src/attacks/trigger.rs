@@ -1,0 +1,230 @@
+//! Backdoor triggers: stamped patches (solid, checkerboard or any image) at a fixed corner or a
+//! random location, and blended full-image patterns.
+
+use crate::error::{Error, Result};
+use crate::rng::{stream, SeededRng};
+use crate::data::Dataset;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// What a patch looks like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PatchFill {
+    /// Every pixel of every channel set to this value (1.0 is white).
+    Solid(f32),
+    /// Alternating 1/0 pixels starting with 1 at the patch's top-left (BadNets' pattern).
+    Checkerboard,
+    /// Explicit CHW pixels of the patch (channels must match the image or be 1).
+    Image { channels: usize, pixels: Vec<f32> },
+}
+
+/// Where a patch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    BottomRight,
+    BottomLeft,
+    TopRight,
+    TopLeft,
+    /// Top-left corner of the patch at (row, column).
+    At(usize, usize),
+    /// A uniformly random location per image.
+    Random,
+}
+
+/// A full-image pattern blended into the input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlendPattern {
+    /// Uniform noise in [0, 1] drawn from this seed (Chen et al. 2017's random pattern).
+    Noise { seed: u64 },
+    /// Explicit CHW pixels matching the image shape (or one channel, broadcast).
+    Image { channels: usize, pixels: Vec<f32> },
+}
+
+/// A backdoor trigger.
+///
+/// ```
+/// use transferlab::attacks::Trigger;
+/// let t = Trigger::badnets(3);
+/// let mut img = vec![0.0f32; 8 * 8];
+/// t.apply(&mut img, (1, 8, 8), None).unwrap();
+/// assert_eq!(img[7 * 8 + 7], 1.0);
+/// assert_eq!(img[0], 0.0);
+/// assert!(Trigger::badnets(9).validate((1, 8, 8)).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Trigger {
+    /// A `size` x `size` patch stamped over the image.
+    Patch { size: usize, fill: PatchFill, placement: Placement },
+    /// x' = (1 - alpha) x + alpha * pattern.
+    Blend { pattern: BlendPattern, alpha: f32 },
+}
+
+impl Trigger {
+    /// BadNets' default: a white `size` x `size` square in the bottom-right corner
+    /// (BackdoorBench uses 3x3).
+    pub fn badnets(size: usize) -> Self {
+        Trigger::Patch { size, fill: PatchFill::Solid(1.0), placement: Placement::BottomRight }
+    }
+
+    /// A checkerboard patch in the bottom-right corner.
+    pub fn checkerboard(size: usize) -> Self {
+        Trigger::Patch { size, fill: PatchFill::Checkerboard, placement: Placement::BottomRight }
+    }
+
+    /// Blended's default (Chen et al. 2017): random noise blended at alpha 0.2.
+    pub fn blend_noise(seed: u64, alpha: f32) -> Self {
+        Trigger::Blend { pattern: BlendPattern::Noise { seed }, alpha }
+    }
+
+    /// The same trigger at another placement (patches only).
+    pub fn at(self, placement: Placement) -> Self {
+        match self {
+            Trigger::Patch { size, fill, .. } => Trigger::Patch { size, fill, placement },
+            other => other,
+        }
+    }
+
+    /// Check that the trigger fits images of `shape` (C, H, W).
+    pub fn validate(&self, shape: (usize, usize, usize)) -> Result<()> {
+        let (c, h, w) = shape;
+        match self {
+            Trigger::Patch { size, fill, placement } => {
+                if *size == 0 {
+                    return Err(Error::invalid("trigger", "a patch must be at least 1x1"));
+                }
+                if *size > h || *size > w {
+                    return Err(Error::invalid(
+                        "trigger",
+                        format!("a {size}x{size} patch is larger than the {h}x{w} image; use a patch of at most {}", h.min(w)),
+                    ));
+                }
+                if let Placement::At(r, col) = placement {
+                    if r + size > h || col + size > w {
+                        return Err(Error::invalid(
+                            "trigger placement",
+                            format!("a {size}x{size} patch at ({r}, {col}) extends past the {h}x{w} image"),
+                        ));
+                    }
+                }
+                if let PatchFill::Image { channels, pixels } = fill {
+                    if *channels != 1 && *channels != c {
+                        return Err(Error::invalid("trigger", format!("patch has {channels} channels, images have {c}")));
+                    }
+                    if pixels.len() != channels * size * size {
+                        return Err(Error::invalid(
+                            "trigger",
+                            format!("patch image has {} values, {} expected for {channels}x{size}x{size}", pixels.len(), channels * size * size),
+                        ));
+                    }
+                }
+            }
+            Trigger::Blend { pattern, alpha } => {
+                if !(0.0..=1.0).contains(alpha) {
+                    return Err(Error::invalid("blend alpha", format!("{alpha} is outside [0, 1]")));
+                }
+                if let BlendPattern::Image { channels, pixels } = pattern {
+                    if *channels != 1 && *channels != c {
+                        return Err(Error::invalid("trigger", format!("blend pattern has {channels} channels, images have {c}")));
+                    }
+                    if pixels.len() != channels * h * w {
+                        return Err(Error::invalid(
+                            "trigger",
+                            format!("blend pattern has {} values, {} expected for {channels}x{h}x{w}", pixels.len(), channels * h * w),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stamp the trigger into one CHW image in place. `rng` is needed for random placement.
+    pub fn apply(&self, image: &mut [f32], shape: (usize, usize, usize), rng: Option<&mut SeededRng>) -> Result<()> {
+        self.validate(shape)?;
+        let (c, h, w) = shape;
+        if image.len() != c * h * w {
+            return Err(Error::shape("trigger", format!("image has {} values, shape {shape:?} needs {}", image.len(), c * h * w)));
+        }
+        match self {
+            Trigger::Patch { size, fill, placement } => {
+                let s = *size;
+                let (r0, c0) = match placement {
+                    Placement::BottomRight => (h - s, w - s),
+                    Placement::BottomLeft => (h - s, 0),
+                    Placement::TopRight => (0, w - s),
+                    Placement::TopLeft => (0, 0),
+                    Placement::At(r, col) => (*r, *col),
+                    Placement::Random => {
+                        let rng = rng.ok_or_else(|| Error::invalid("trigger", "random placement needs a random generator"))?;
+                        (rng.random_range(0..=h - s), rng.random_range(0..=w - s))
+                    }
+                };
+                for ch in 0..c {
+                    for i in 0..s {
+                        for j in 0..s {
+                            let v = match fill {
+                                PatchFill::Solid(v) => *v,
+                                PatchFill::Checkerboard => ((i + j + 1) % 2) as f32,
+                                PatchFill::Image { channels, pixels } => {
+                                    let pc = if *channels == 1 { 0 } else { ch };
+                                    pixels[(pc * s + i) * s + j]
+                                }
+                            };
+                            image[(ch * h + r0 + i) * w + c0 + j] = v;
+                        }
+                    }
+                }
+            }
+            Trigger::Blend { pattern, alpha } => {
+                let pat = blend_pixels(pattern, shape);
+                for (x, p) in image.iter_mut().zip(pat.iter()) {
+                    *x = (1.0 - alpha) * *x + alpha * p;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of `ds` with the trigger applied to the samples at `indices` (random placements
+    /// drawn from `seed`); labels are unchanged.
+    pub fn apply_to(&self, ds: &Dataset, indices: &[usize], seed: u64) -> Result<Dataset> {
+        self.validate(ds.shape)?;
+        let mut out = ds.clone();
+        let mut rng = stream(seed, "trigger.placement");
+        for &i in indices {
+            if i >= ds.len() {
+                return Err(Error::invalid("sample index", format!("{i} is out of range for {} samples", ds.len())));
+            }
+            self.apply(out.image_mut(i), ds.shape, Some(&mut rng))?;
+        }
+        Ok(out)
+    }
+
+    /// The trigger drawn on a black image of `shape`, for display.
+    pub fn preview(&self, shape: (usize, usize, usize)) -> Result<Vec<f32>> {
+        let mut img = vec![0.0; shape.0 * shape.1 * shape.2];
+        let mut rng = stream(0, "trigger.preview");
+        match self {
+            Trigger::Blend { pattern, .. } => img = blend_pixels(pattern, shape),
+            _ => self.apply(&mut img, shape, Some(&mut rng))?,
+        }
+        Ok(img)
+    }
+}
+
+fn blend_pixels(pattern: &BlendPattern, shape: (usize, usize, usize)) -> Vec<f32> {
+    let (c, h, w) = shape;
+    match pattern {
+        BlendPattern::Noise { seed } => {
+            let mut rng = stream(*seed, "trigger.blend.noise");
+            (0..c * h * w).map(|_| rng.random::<f32>()).collect()
+        }
+        BlendPattern::Image { channels, pixels } => {
+            if *channels == c {
+                pixels.clone()
+            } else {
+                (0..c).flat_map(|_| pixels.iter().copied()).collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Reporting: result tables (polars) and figures (plotters, embedded font). Generic: report
+//! knows no attack or defence, only tables, series and images.
+
+pub mod charts;
+mod figure;
+pub mod font;
+pub mod style;
+mod table;
+
+pub use charts::{BarChart, Chart, ImageGrid, LineChart};
+pub use figure::{Figure, DEFAULT_SIZE};
+pub use table::{load_table, save_table};

@@ -1,0 +1,25 @@
+//! One style for every figure: palette, font sizes, margins.
+
+use plotters::style::RGBColor;
+
+/// A colour-blind-safe palette (Okabe-Ito), used in series order.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(240, 228, 66),
+    RGBColor(0, 0, 0),
+];
+
+/// The colour of series `i`.
+pub fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+pub const TITLE_SIZE: u32 = 26;
+pub const LABEL_SIZE: u32 = 20;
+pub const TICK_SIZE: u32 = 16;
+pub const MARGIN: u32 = 16;

@@ -1,0 +1,15 @@
+//! Training: optimisers candle lacks, learning-rate schedules, the trainer, evaluation,
+//! checkpoints and progress.
+
+pub mod checkpoint;
+pub mod evaluate;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+mod trainer;
+
+pub use evaluate::{accuracy, cross_entropy, features, logits, per_sample_cross_entropy, per_sample_losses, predict};
+pub use optim::{Optimizer, OptimizerConfig};
+pub use progress::{Progress, ProgressMode};
+pub use schedule::LrSchedule;
+pub use trainer::{train, train_with, CrossEntropy, EpochRecord, History, Objective, Step, TrainConfig};
