@@ -6,15 +6,21 @@
 
 pub mod init;
 pub mod layers;
-mod mlp;
+mod badnets_cnn;
+mod cifar_resnet;
 mod convnet;
+mod mlp;
 mod network;
+mod preact_resnet;
+mod resnet;
 mod spec;
+
+use resnet::BlockKind;
 
 pub use network::{is_buffer, LoadMode, Network};
 pub use spec::{Arch, ModelSpec, Norm, MODEL_NAMES};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use std::sync::Arc;
@@ -32,8 +38,10 @@ pub fn build_body(spec: &ModelSpec, vb: VarBuilder) -> Result<Arc<dyn Body>> {
     Ok(match &spec.arch {
         Arch::Mlp { hidden } => Arc::new(mlp::MlpBody::new(spec.input, hidden, vb)?),
         Arch::ConvNet { width, depth, norm } => Arc::new(convnet::ConvNetBody::new(spec.input, *width, *depth, *norm, vb)?),
-        other => {
-            return Err(Error::invalid("architecture", format!("{other:?} is not implemented yet")));
-        }
+        Arch::BadNetsCnn => Arc::new(badnets_cnn::BadNetsCnnBody::new(spec.input, vb)?),
+        Arch::CifarResNet { depth } => Arc::new(cifar_resnet::CifarResNetBody::new(spec.input.0, *depth, vb)?),
+        Arch::PreActResNet18 => Arc::new(preact_resnet::PreActResNet18Body::new(spec.input.0, vb)?),
+        Arch::ResNet18 => Arc::new(resnet::ResNetBody::new(spec.input.0, BlockKind::Basic, [2, 2, 2, 2], vb)?),
+        Arch::ResNet50 => Arc::new(resnet::ResNetBody::new(spec.input.0, BlockKind::Bottleneck, [3, 4, 6, 3], vb)?),
     })
 }

@@ -38,14 +38,19 @@ pub enum WeightFormat {
 /// Detect a weight file's format from its first bytes.
 pub fn detect_format(path: &Path) -> Result<WeightFormat> {
     use std::io::Read;
-    let mut head = [0u8; 8];
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let n = f.read(&mut head).map_err(|e| Error::io("read", path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut head = Vec::with_capacity(9);
+    f.take(9).read_to_end(&mut head).map_err(|e| Error::io("read", path, e))?;
+    let n = head.len();
     if n >= 4 && &head[..4] == b"PK\x03\x04" {
         Ok(WeightFormat::PthZip)
+    } else if n == 9 && head[8] == b'{' {
+        // A safetensors header length (u64, little endian) can start with the byte 0x80 of a
+        // pickle; the JSON header that follows it cannot be mistaken, so it is checked first.
+        Ok(WeightFormat::Safetensors)
     } else if n >= 2 && head[0] == 0x80 {
         Ok(WeightFormat::PthLegacy)
-    } else if n == 8 {
+    } else if n >= 8 {
         Ok(WeightFormat::Safetensors)
     } else {
         Err(Error::format(path, "weights", "the file is too short to hold any tensor"))
@@ -121,5 +126,26 @@ impl LoadReport {
         } else {
             parts.join("; ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_whose_header_length_starts_like_a_pickle_is_still_safetensors() {
+        let mut header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
+        header.resize(0x80, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(bytes[0], 0x80);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(detect_format(&path).unwrap(), WeightFormat::Safetensors);
+        let w = read_weights(&path).unwrap();
+        assert_eq!(w["w"].to_vec1::<f32>().unwrap(), vec![1.5]);
     }
 }
