@@ -15,5 +15,5 @@ impl Augment {
     pub fn cifar() -> Self {
         Self { crop_padding: 4, hflip: true }
     }
-    pub fn apply_batch(&self, _pixels: &mut [f32], _shape: (usize, usize, usize), _rng: &mut SeededRng) {}
+    pub fn apply_batch(&self, _pixels: &mut [f32], _shape: (usize, usize, usize), _rng: &mut SeededRng) -> crate::Result<()> { Ok(()) }
 }

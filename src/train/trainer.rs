@@ -272,7 +272,7 @@ pub fn train_with(
             for &i in indices {
                 pixels.extend_from_slice(data.image(i));
             }
-            cfg.augment.apply_batch(&mut pixels, data.shape, &mut aug_rng);
+            cfg.augment.apply_batch(&mut pixels, data.shape, &mut aug_rng)?;
             let x = Tensor::from_vec(pixels, (indices.len(), c, h, w), net.device())?;
             let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
             let y = Tensor::from_vec(labels.clone(), indices.len(), net.device())?;

@@ -14,7 +14,7 @@ use transferlab::Result;
 pub fn run(out: &Path) -> Result<()> {
     let started = Instant::now();
     let data = digits()?;
-    let (train_set, test_set) = data.stratified_split(0.8, 0)?;
+    let (train_set, test_set) = data.split(0.8, 0, true)?;
     println!("digits: {} training and {} test images of {:?}", train_set.len(), test_set.len(), train_set.shape);
 
     let attack = PoisonConfig::badnets(3, 0.10, 0);

@@ -118,7 +118,7 @@ fn split(args: &DataArgs) -> Result<(transferlab::data::Dataset, transferlab::da
     if args.test_fraction == 0.0 {
         return Ok((data.clone(), data));
     }
-    data.stratified_split(1.0 - args.test_fraction, args.split_seed)
+    data.split(1.0 - args.test_fraction, args.split_seed, true)
 }
 
 fn run(cli: Cli) -> Result<()> {
