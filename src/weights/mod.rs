@@ -12,12 +12,15 @@
 //! assert_eq!(back["fc.weight"].dims(), &[2, 3]);
 //! ```
 
+mod pickle;
+mod pth;
 mod safetensors_io;
 
+pub use pth::{read_pth, strip_prefix};
 pub use safetensors_io::{read_safetensors, read_safetensors_metadata, write_safetensors};
 
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -57,16 +60,42 @@ pub fn detect_format(path: &Path) -> Result<WeightFormat> {
     }
 }
 
-/// Read every tensor of a weight file, whatever its format.
+/// Read every tensor of a weight file, whatever its format, onto the CPU.
+///
+/// PyTorch files go through a tensor-only unpickler: see [`read_pth`] for which dict of a
+/// checkpoint is read, how dtypes map, and why some files are refused as unsafe.
 pub fn read_weights(path: &Path) -> Result<NamedTensors> {
     match detect_format(path)? {
         WeightFormat::Safetensors => read_safetensors(path),
-        WeightFormat::PthZip | WeightFormat::PthLegacy => Err(Error::format(
-            path,
-            "weights",
-            "PyTorch .pth reading is not available in this build",
-        )),
+        WeightFormat::PthZip | WeightFormat::PthLegacy => read_pth(path),
     }
+}
+
+/// One tensor of a weight file, described without loading its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The name [`read_weights`] gives it.
+    pub name: String,
+    /// The dtype [`read_weights`] loads it as (for `.pth`, after the widening [`read_pth`]
+    /// documents, e.g. int32 is reported as I64).
+    pub dtype: DType,
+    /// Its dimensions.
+    pub shape: Vec<usize>,
+}
+
+/// The format of a weight file and its tensors' names, dtypes and shapes, in file order.
+///
+/// No tensor is built: only the safetensors JSON header or the `.pth` pickle is parsed (a
+/// zip `.pth` reads just its `data.pkl`; a legacy `.pth` is read whole, its pickles lying in
+/// front of the data). The pickle is checked against the same allow-list as [`read_weights`],
+/// so an unsafe file fails here too.
+pub fn describe_weights(path: &Path) -> Result<(WeightFormat, Vec<TensorInfo>)> {
+    let format = detect_format(path)?;
+    let infos = match format {
+        WeightFormat::Safetensors => safetensors_io::describe_safetensors(path)?,
+        WeightFormat::PthZip | WeightFormat::PthLegacy => pth::describe_pth(path, format)?,
+    };
+    Ok((format, infos))
 }
 
 /// How the tensors of a file compare with those a model expects.
