@@ -1,9 +1,14 @@
 //! Datasets: the in-memory [`Dataset`], readers for the common formats, synthetic generators,
 //! transforms and sampling.
 
+pub mod cifar;
 mod codec;
 mod dataset;
 pub mod idx;
 
+pub use cifar::{
+    read_cifar10, read_cifar100, write_cifar10, write_cifar100, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES,
+    CIFAR10_CLASSES,
+};
 pub use dataset::{Attributes, Dataset};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
