@@ -5,6 +5,8 @@ pub mod cifar;
 mod codec;
 mod dataset;
 pub mod idx;
+pub mod transforms;
+
 
 pub use cifar::{
     read_cifar10, read_cifar100, write_cifar10, write_cifar100, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES,
@@ -12,3 +14,4 @@ pub use cifar::{
 };
 pub use dataset::{Attributes, Dataset};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
+pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};
