@@ -5,6 +5,7 @@ pub mod cifar;
 mod codec;
 mod dataset;
 pub mod idx;
+pub mod image_folder;
 pub mod transforms;
 
 
@@ -14,4 +15,5 @@ pub use cifar::{
 };
 pub use dataset::{Attributes, Dataset};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
+pub use image_folder::{read_image_folder, write_image_folder};
 pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};
