@@ -6,6 +6,7 @@ mod codec;
 mod dataset;
 pub mod idx;
 pub mod image_folder;
+pub mod parquet;
 pub mod transforms;
 
 
@@ -16,4 +17,5 @@ pub use cifar::{
 pub use dataset::{Attributes, Dataset};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
 pub use image_folder::{read_image_folder, write_image_folder};
+pub use parquet::{read_hf_parquet, write_hf_parquet};
 pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};
