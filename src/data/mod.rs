@@ -8,6 +8,7 @@ pub mod digits;
 pub mod idx;
 pub mod image_folder;
 pub mod parquet;
+pub mod synthetic;
 pub mod transforms;
 
 
@@ -20,4 +21,8 @@ pub use digits::{digits, read_digits_csv};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
 pub use image_folder::{read_image_folder, write_image_folder};
 pub use parquet::{read_hf_parquet, write_hf_parquet};
+pub use synthetic::{
+    class_names as synthetic_class_names, generate, Spurious, SpuriousKind, Subgroup, SubgroupKind,
+    SyntheticConfig, GROUP_SPURIOUS, GROUP_SUBGROUP,
+};
 pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};
