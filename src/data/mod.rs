@@ -24,7 +24,6 @@ pub mod sampling;
 pub mod synthetic;
 pub mod transforms;
 
-
 pub use cifar::{
     read_cifar10, read_cifar100, write_cifar10, write_cifar100, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES,
     CIFAR10_CLASSES,
