@@ -193,7 +193,7 @@ impl History {
 /// ```no_run
 /// use transferlab::prelude::*;
 /// let data = transferlab::data::digits().unwrap();
-/// let (train_set, test_set) = data.split(0.8, 0).unwrap();
+/// let (train_set, test_set) = data.split(0.8, 0, true).unwrap();
 /// let spec = ModelSpec::named("convnet", train_set.shape, 10).unwrap();
 /// let mut net = Network::new(&spec, 0, &candle_core::Device::Cpu).unwrap();
 /// let history = train(&mut net, &train_set, Some(&test_set), &TrainConfig::default()).unwrap();
