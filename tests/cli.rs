@@ -68,13 +68,15 @@ fn killed_run_leaves_a_complete_checkpoint_and_resumes() {
     let out = dir.path().join("w.safetensors");
     let args = |epochs: &str| {
         vec![
-            "train".to_string(), "--data".into(), "digits".into(), "--model".into(), "convnet".into(),
+            "train".to_string(), "--data".into(), "digits".into(), "--model".into(), "mlp".into(),
             "--epochs".into(), epochs.into(), "--checkpoint".into(), ckpt.to_str().unwrap().into(),
             "--out".into(), out.to_str().unwrap().into(),
         ]
     };
-    for delay_ms in [300u64, 900, 1500, 2500] {
-        let mut child = tlab().args(args("40")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // An MLP epoch on digits takes milliseconds, so checkpoints are written many times a second
+    // and the kills land during writes as well as between them.
+    for delay_ms in [500u64, 800, 1100, 1400, 1700] {
+        let mut child = tlab().args(args("80")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -82,7 +84,7 @@ fn killed_run_leaves_a_complete_checkpoint_and_resumes() {
         assert!(!out.exists(), "final weights written by a killed run");
     }
     assert!(ckpt.exists(), "no checkpoint after several seconds of training");
-    let stdout = run_ok(&args("40").iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = run_ok(&args("80").iter().map(String::as_str).collect::<Vec<_>>());
     assert!(stdout.contains("weights written"), "{stdout}");
     assert!(out.exists());
     let debris: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten()
@@ -99,5 +101,5 @@ fn assert_checkpoint_complete(path: &Path) {
     let (model, _optim, meta) = transferlab::train::checkpoint::load(path)
         .unwrap_or_else(|e| panic!("checkpoint left unreadable by a kill: {e}"));
     assert!(meta.epoch >= 1);
-    assert!(model.contains_key("classifier.weight"));
+    assert!(model.contains_key("head.weight"));
 }

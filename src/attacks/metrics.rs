@@ -56,7 +56,8 @@ pub fn evaluate_backdoor(net: &Network, test: &Dataset, trigger: &Trigger, targe
 /// let m = BackdoorMetrics { clean_accuracy: 0.98, attack_success_rate: 0.99, robust_accuracy: 0.01, n_clean: 100, n_triggered: 90 };
 /// let df = metrics_table(&[("badnets".to_string(), m)]).unwrap();
 /// assert_eq!(df.height(), 1);
-/// assert_eq!(df.get_column_names_str(), ["run", "ca", "asr", "ra", "n_clean", "n_triggered"]);
+/// let names: Vec<&str> = df.get_column_names().iter().map(|s| s.as_str()).collect();
+/// assert_eq!(names, ["run", "ca", "asr", "ra", "n_clean", "n_triggered"]);
 /// ```
 pub fn metrics_table(rows: &[(String, BackdoorMetrics)]) -> Result<DataFrame> {
     let col = |f: &dyn Fn(&BackdoorMetrics) -> f64| rows.iter().map(|(_, m)| f(m)).collect::<Vec<f64>>();

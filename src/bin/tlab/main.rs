@@ -135,7 +135,7 @@ fn run(cli: Cli) -> Result<()> {
             let total: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
             println!("{} ({format:?}): {} tensors, {total} values", file.display(), tensors.len());
             for t in tensors {
-                println!("  {:60} {:>6} {:?}", t.name, t.dtype, t.shape);
+                println!("  {:60} {:>6} {:?}", t.name, t.dtype.as_str(), t.shape);
             }
             Ok(())
         }

@@ -61,7 +61,8 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
             .iter()
             .flat_map(|(_, v, e)| v.iter().enumerate().map(move |(i, x)| x + e.as_ref().map_or(0.0, |e| e[i])))
             .fold(0.0f64, f64::max);
-        (0.0, if max > 0.0 { max * 1.1 } else { 1.0 })
+        // Head-room above the tallest bar keeps the legend clear of the data.
+        (0.0, if max > 0.0 { max * 1.25 } else { 1.0 })
     });
     let cats = c.categories.clone();
     let mut chart = ChartBuilder::on(area)
@@ -80,6 +81,8 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
             if (x - i as f64 - 0.5).abs() < 0.01 && i < cats.len() { cats[i].clone() } else { String::new() }
         })
         .y_desc(&c.y_label)
+        .y_labels(8)
+        .light_line_style(WHITE)
         .label_style((FAMILY, TICK_SIZE))
         .axis_desc_style((FAMILY, LABEL_SIZE))
         .draw()
@@ -110,7 +113,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
         .label_font((FAMILY, TICK_SIZE))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperMiddle)
         .draw()
         .map_err(fig_err)?;
     Ok(())

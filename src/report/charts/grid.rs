@@ -66,9 +66,10 @@ pub(super) fn draw<DB: DrawingBackend>(g: &ImageGrid, area: &DrawingArea<DB, Shi
         }
         let style = TextStyle::from((FAMILY, TICK_SIZE).into_font()).pos(plotters::style::text_anchor::Pos::new(
             plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Top,
+            plotters::style::text_anchor::VPos::Center,
         ));
-        cell.draw(&Text::new(g.captions[i].clone(), (cw as i32 / 2, 4 + side), style)).map_err(fig_err)?;
+        let caption_y = 2 + side + caption_h / 2 + 2;
+        cell.draw(&Text::new(g.captions[i].clone(), (cw as i32 / 2, caption_y), style)).map_err(fig_err)?;
     }
     Ok(())
 }

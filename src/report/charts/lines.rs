@@ -65,6 +65,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &LineChart, area: &DrawingArea<DB, Shi
         .configure_mesh()
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
+        .light_line_style(WHITE.mix(0.0))
         .label_style((FAMILY, TICK_SIZE))
         .axis_desc_style((FAMILY, LABEL_SIZE))
         .draw()
