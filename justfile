@@ -2,14 +2,47 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Train a clean and a BadNets-poisoned ConvNet on the embedded digits; print CA/ASR, write figures/.
-demo:
-    cargo run --bin tlab -- demo --out figures
+evcxr_version := "0.22.0"
+venv := justfile_directory() / ".venv"
+# Our kernel spec first, before any `rust` kernel a user registered elsewhere.
+export JUPYTER_PATH := venv / "share/jupyter"
+export PATH := env("HOME") / ".cargo/bin:" + env("PATH")
 
-# The whole test suite: unit, integration and documentation tests.
-test:
+# Run the quickstart notebook headless: a BadNets attack and a fine-tuning defence on the
+# embedded digits; prints the CA/ASR table and writes notebooks/figures/ and runs/notebooks/.
+demo: notebook-env
+    {{venv}}/bin/python tests/notebooks/run_notebooks.py --show --out runs/notebooks notebooks/00_quickstart.ipynb
+    @echo "figures: notebooks/figures/quickstart_metrics.png (.svg); executed notebook: runs/notebooks/00_quickstart.ipynb"
+
+# The whole test suite: unit, integration and documentation tests, then every notebook headless.
+test: notebook-env
     cargo test --all-targets --no-fail-fast
     cargo test --doc
+    {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb
+    {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb
+
+# Set up the notebook environment and open JupyterLab on notebooks/.
+lab: notebook-env warm
+    {{venv}}/bin/jupyter lab --notebook-dir notebooks
+
+# Install evcxr_jupyter (pinned), Jupyter in a project venv (pinned), register the `rust`
+# kernel. Idempotent: a second run only checks.
+notebook-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! cargo install --list | grep -q "^evcxr_jupyter v{{evcxr_version}}:"; then
+        cargo install --locked evcxr_jupyter --version {{evcxr_version}}
+    fi
+    if [ ! -x "{{venv}}/bin/python" ]; then python3 -m venv "{{venv}}"; fi
+    if ! cmp -s notebooks/kernel/requirements.txt "{{venv}}/.requirements.txt"; then
+        "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -r notebooks/kernel/requirements.txt
+        cp notebooks/kernel/requirements.txt "{{venv}}/.requirements.txt"
+    fi
+    "{{venv}}/bin/python" notebooks/kernel/install_kernel.py "{{venv}}" >/dev/null
+
+# Compile the crate once in the notebook kernel so the first cell of a fresh kernel is quick.
+warm: notebook-env
+    {{venv}}/bin/python tests/notebooks/run_notebooks.py notebooks/kernel/warm.ipynb
 
 # The BadNets CNN on the real MNIST test set (8,000 train / 2,000 test); needs ../shared/data.
 mnist:

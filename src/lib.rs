@@ -16,11 +16,20 @@ pub mod weights;
 
 pub use error::{Error, Result};
 
+// Re-exported so notebooks need only one `:dep` line and get matching versions.
+pub use candle_core;
+pub use polars;
+
 /// Everything a notebook needs in one `use`.
 pub mod prelude {
-    pub use crate::attacks::{evaluate_backdoor, metrics_table, poison, BackdoorMetrics, PoisonConfig, TargetMode, Trigger};
-    pub use crate::data::Dataset;
+    pub use crate::attacks::{
+        evaluate_backdoor, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
+    };
+    pub use crate::data::transforms::Augment;
+    pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};
     pub use crate::models::{LoadMode, ModelSpec, Network};
-    pub use crate::train::{train, LrSchedule, OptimizerConfig, TrainConfig};
+    pub use crate::report::{load_table, save_table, BarChart, Chart, Figure, ImageGrid, LineChart, Table};
+    pub use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
+    pub use candle_core::Device;
 }

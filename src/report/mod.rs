@@ -2,11 +2,13 @@
 //! knows no attack or defence, only tables, series and images.
 
 pub mod charts;
+mod display;
 mod figure;
 pub mod font;
 pub mod style;
 mod table;
 
+pub use display::Table;
 pub use charts::{BarChart, Chart, ImageGrid, LineChart};
 pub use figure::{Figure, DEFAULT_SIZE};
 pub use table::{load_table, save_table};

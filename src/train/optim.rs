@@ -88,7 +88,10 @@ impl Optimizer {
         let t = self.step as i32;
         for (name, var) in vars {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let w = var.as_tensor();
+            // Detached: the variable itself tracks its op graph, and a buffer computed from it
+            // would chain every step's graph onto the next (memory growing without bound).
+            let g = &g.detach();
+            let w = &var.as_tensor().detach();
             match self.config {
                 OptimizerConfig::Sgd { momentum, nesterov, weight_decay } => {
                     let mut g = g.clone();
@@ -125,6 +128,11 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+
+    /// Whether any state tensor still references an op graph (it never should).
+    pub fn state_tracks_graph(&self) -> bool {
+        self.first.values().chain(self.second.values()).any(|t| t.track_op())
     }
 
     /// The state as named tensors (for checkpoints).
@@ -217,6 +225,22 @@ mod tests {
         // AdamW first step moves by lr (bias-corrected m/sqrt(v) = 1), after decay 2*(1-0.1*0.01).
         let w = run(OptimizerConfig::adamw(), 1);
         assert!((w - (2.0 * (1.0 - 0.001) - 0.1)).abs() < 1e-5, "{w}");
+    }
+
+    /// Weight decay multiplies the variable itself; its graph must not leak into the state.
+    #[test]
+    fn state_holds_no_graph() {
+        let dev = Device::Cpu;
+        for cfg in [OptimizerConfig::sgd_momentum(), OptimizerConfig::adamw()] {
+            let var = Var::new(&[2.0f32, 1.0], &dev).unwrap();
+            let vars = vec![("w".to_string(), var.clone())];
+            let mut opt = Optimizer::new(cfg).unwrap();
+            for _ in 0..3 {
+                let grads = var.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                opt.step(&vars, &grads, 0.1).unwrap();
+            }
+            assert!(!opt.state_tracks_graph());
+        }
     }
 
     #[test]

@@ -1,0 +1,125 @@
+"""Execute notebooks headless on the evcxr `rust` kernel through Jupyter's own client.
+
+A notebook fails when any cell reports an error, prints a panic, or writes anything to stderr:
+evcxr reports a `?` error in a cell only as its message on stderr, not as a failed cell, so
+stderr itself is the signal (transferlab writes progress to stdout in notebooks). Executed notebooks (with their outputs and figures) are
+written to --out.
+
+Usage: run_notebooks.py [--out DIR] [--show] [--expect-failure] NOTEBOOK...
+"""
+import argparse
+import pathlib
+import re
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+# Text that means a cell went wrong even though the kernel reported success.
+FAILURE = re.compile(
+    r"panicked at|^Error\b|^error(\[E\d+\])?:|Child process terminated|EVCXR_PANIC|"
+    r"thread '.*' panicked|Segmentation fault",
+    re.MULTILINE,
+)
+HEADLESS_SETUP = ":preserve_vars_on_panic 0"
+
+
+def problems_in(cell):
+    found = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            found.append(f"{out.get('ename')}: {out.get('evalue')}")
+        elif out.get("output_type") == "stream":
+            text = out.get("text", "")
+            if out.get("name") == "stderr" and text.strip():
+                found.append(f"stderr: {text.strip().splitlines()[0]}")
+                continue
+            m = FAILURE.search(text)
+            if m:
+                line = text[text.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0]
+                found.append(f"{out.get('name')}: {line.strip()}")
+    return found
+
+
+def show(cell):
+    """Print what a reader would see of a cell's text output (progress lines excepted)."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream" and out.get("name") == "stdout":
+            text = "".join(l for l in out.get("text", "").splitlines(True) if not l.startswith("train "))
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            text = out.get("data", {}).get("text/plain", "")
+        else:
+            continue
+        if text.strip():
+            print(text.rstrip(), flush=True)
+
+
+def run(path, out_dir, timeout, verbose=False):
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(HEADLESS_SETUP))
+    client = NotebookClient(
+        nb,
+        kernel_name="rust",
+        timeout=timeout,
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    started = time.time()
+    failures = []
+    timings = []
+    try:
+        with client.setup_kernel():
+            for index, cell in enumerate(nb.cells):
+                t0 = time.time()
+                client.execute_cell(cell, index)
+                timings.append(time.time() - t0)
+                if verbose:
+                    show(cell)
+                for p in problems_in(cell):
+                    failures.append(f"cell {index}: {p}")
+                if failures:
+                    break
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
+        failures.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
+    nb.cells.pop(0)
+    elapsed = time.time() - started
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / path.name
+        tmp = target.with_suffix(".ipynb.tmp")
+        nbformat.write(nb, tmp)
+        tmp.replace(target)
+    return failures, elapsed, timings
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("notebooks", nargs="+", type=pathlib.Path)
+    ap.add_argument("--out", type=pathlib.Path)
+    ap.add_argument("--show", action="store_true", help="print the cells' text output")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    ap.add_argument("--expect-failure", action="store_true", help="succeed only if every notebook fails")
+    args = ap.parse_args()
+    bad = 0
+    for path in args.notebooks:
+        path = path.resolve()
+        failures, elapsed, timings = run(path, args.out, args.timeout, args.show)
+        cells = ", ".join(f"{t:.1f}" for t in timings)
+        status = "FAILED" if failures else "ok"
+        print(f"{path.name}: {status} in {elapsed:.1f}s (cell seconds: {cells})", flush=True)
+        for f in failures:
+            print(f"  {f}", flush=True)
+        if bool(failures) != args.expect_failure:
+            bad += 1
+    ran = len(args.notebooks)
+    if args.expect_failure:
+        print(f"{ran - bad} passed, {bad} failed (notebooks that had to fail)")
+    else:
+        print(f"{ran - bad} passed, {bad} failed")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+//! Tables and figures: formats, atomic saving, rendering without system fonts.
+
+use polars::prelude::*;
+use transferlab::report::*;
+
+#[test]
+fn tables_round_trip_as_csv_and_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let df = df!("run" => ["a", "b"], "asr" => [0.5, 0.25]).unwrap();
+    for name in ["t.csv", "t.parquet"] {
+        let p = dir.path().join(name);
+        save_table(&df, &p).unwrap();
+        assert!(load_table(&p).unwrap().equals(&df), "{name}");
+    }
+    assert!(save_table(&df, dir.path().join("t.xlsx")).unwrap_err().to_string().contains(".parquet or .csv"));
+    std::fs::write(dir.path().join("bad.parquet"), b"PAR1 truncated").unwrap();
+    assert!(load_table(dir.path().join("bad.parquet")).unwrap_err().to_string().contains("bad.parquet"));
+}
+
+#[test]
+fn figures_render_to_png_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let bars = Figure::new(Chart::Bars(
+        BarChart::new("CA and ASR", "rate (%)", vec!["CA".into(), "ASR".into()])
+            .series("clean", vec![99.0, 1.0])
+            .series_with_error("badnets", vec![98.0, 100.0], vec![0.5, 0.0]),
+    ));
+    let png = dir.path().join("bars.png");
+    bars.save(&png).unwrap();
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), DEFAULT_SIZE);
+    // Something besides the white background was drawn.
+    assert!(img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 10_000);
+    let svg = dir.path().join("bars.svg");
+    bars.save(&svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg") && text.contains("CA and ASR"));
+
+    let lines = Figure::new(Chart::Lines(LineChart::new("ASR vs epoch", "epoch", "ASR").series("badnets", vec![(1.0, 0.2), (2.0, 0.9)])));
+    lines.save(dir.path().join("lines.png")).unwrap();
+    let grid = Figure::new(Chart::Grid(ImageGrid::new("samples", (1, 4, 4), 2).image(vec![0.5; 16], "a").image(vec![1.0; 16], "b")));
+    grid.save(dir.path().join("grid.png")).unwrap();
+    assert!(grid.save(dir.path().join("grid.pdf")).unwrap_err().to_string().contains(".png or .svg"));
+}
+
+#[test]
+fn malformed_charts_are_errors_not_panics() {
+    let bad = Figure::new(Chart::Bars(BarChart::new("x", "y", vec!["a".into()]).series("s", vec![1.0, 2.0])));
+    assert!(bad.to_png().unwrap_err().to_string().contains("one value per category"));
+    let empty = Figure::new(Chart::Grid(ImageGrid::new("x", (2, 4, 4), 2).image(vec![0.0; 32], "a")));
+    assert!(empty.to_png().is_err());
+}
