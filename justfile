@@ -49,3 +49,14 @@ mnist:
     cargo run --bin tlab -- train --model badnets-cnn --epochs 15 --batch-size 64 --lr 0.05 \
         --data idx:../shared/data/mnist-t10k/t10k-images-idx3-ubyte.gz,../shared/data/mnist-t10k/t10k-labels-idx1-ubyte.gz \
         --test-fraction 0.2 --out runs/mnist-badnets-cnn.safetensors
+
+# Training and inference speed and peak memory against PyTorch CPU (pip, in .venv-bench),
+# interleaved A/B, median of 5 rounds; release build.
+bench:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
+    .venv-bench/bin/python -c "import torch" 2>/dev/null || .venv-bench/bin/pip install --quiet torch==2.15.0
+    bin=$(cargo bench --no-run --bench throughput --message-format=json \
+        | python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"" in l][-1])')
+    .venv-bench/bin/python benches/compare.py "$bin" .venv-bench/bin/python

@@ -11,6 +11,7 @@ mod cifar_resnet;
 mod convnet;
 mod mlp;
 mod network;
+mod small_cnn;
 mod preact_resnet;
 mod resnet;
 mod spec;
@@ -38,6 +39,7 @@ pub fn build_body(spec: &ModelSpec, vb: VarBuilder) -> Result<Arc<dyn Body>> {
     Ok(match &spec.arch {
         Arch::Mlp { hidden } => Arc::new(mlp::MlpBody::new(spec.input, hidden, vb)?),
         Arch::ConvNet { width, depth, norm } => Arc::new(convnet::ConvNetBody::new(spec.input, *width, *depth, *norm, vb)?),
+        Arch::SmallCnn => Arc::new(small_cnn::SmallCnnBody::new(spec.input, vb)?),
         Arch::BadNetsCnn => Arc::new(badnets_cnn::BadNetsCnnBody::new(spec.input, vb)?),
         Arch::CifarResNet { depth } => Arc::new(cifar_resnet::CifarResNetBody::new(spec.input.0, *depth, vb)?),
         Arch::PreActResNet18 => Arc::new(preact_resnet::PreActResNet18Body::new(spec.input.0, vb)?),

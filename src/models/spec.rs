@@ -25,6 +25,9 @@ pub enum Arch {
     /// The ConvNet of the dataset-distillation papers: `depth` x (3x3 conv, norm, ReLU,
     /// 2x2 avg-pool) at `width` channels, then a linear head (`features.*`, head `classifier`).
     ConvNet { width: usize, depth: usize, norm: Norm },
+    /// Three 3x3 conv-ReLU-maxpool stages at 32/64/128 channels (`conv1..conv3`), head `fc`:
+    /// the network of the training-speed benchmark.
+    SmallCnn,
     /// The BadNets-style LeNet CNN: conv5x5(16)-ReLU-avgpool, conv5x5(32)-ReLU-avgpool,
     /// fc(512)-ReLU, head `fc2` (Gu et al. 2017, as in the common PyTorch re-implementations).
     BadNetsCnn,
@@ -59,6 +62,7 @@ pub const MODEL_NAMES: &[(&str, &str)] = &[
     ("mlp", "MLP, two hidden layers of 256"),
     ("convnet", "ConvNet width 128, depth 3, instance norm (dataset distillation)"),
     ("convnet-bn", "ConvNet width 128, depth 3, batch norm"),
+    ("cnn3", "3-layer CNN, 32-64-128 channels, max pooling (the speed benchmark)"),
     ("badnets-cnn", "BadNets LeNet-style CNN"),
     ("resnet20", "CIFAR ResNet-20 (option A)"),
     ("resnet32", "CIFAR ResNet-32 (option A)"),
@@ -76,6 +80,7 @@ impl ModelSpec {
             "mlp" => Arch::Mlp { hidden: vec![256, 256] },
             "convnet" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Instance },
             "convnet-bn" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Batch },
+            "cnn3" => Arch::SmallCnn,
             "badnets-cnn" => Arch::BadNetsCnn,
             "resnet20" => Arch::CifarResNet { depth: 20 },
             "resnet32" => Arch::CifarResNet { depth: 32 },
@@ -113,6 +118,7 @@ impl ModelSpec {
         match self.arch {
             Arch::Mlp { .. } => "head",
             Arch::ConvNet { .. } => "classifier",
+            Arch::SmallCnn => "fc",
             Arch::BadNetsCnn => "fc2",
             Arch::CifarResNet { .. } | Arch::PreActResNet18 => "linear",
             Arch::ResNet18 | Arch::ResNet50 => "fc",
@@ -124,6 +130,7 @@ impl ModelSpec {
         let min = match self.arch {
             Arch::Mlp { .. } => 1,
             Arch::ConvNet { depth, .. } => 1 << depth,
+            Arch::SmallCnn => 8,
             Arch::BadNetsCnn => 16,
             Arch::CifarResNet { depth } => {
                 if depth < 8 || (depth - 2) % 6 != 0 {
