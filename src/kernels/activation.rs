@@ -1,0 +1,58 @@
+//! ReLU with a one-pass masked backward.
+
+use super::{cpu_slice, cpu_tensor, fast_path, with_f32, PAR_MIN};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `max(x, 0)` element-wise. The gradient passes where the output is positive, as in PyTorch
+/// (zero at exactly zero).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(Relu)
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "transferlab-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(storage, layout, "relu")?;
+        let mut y = vec![0f32; x.len()];
+        let pass = |(y, x): (&mut [f32], &[f32])| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = if x > 0.0 { x } else { 0.0 };
+            }
+        };
+        if x.len() < PAR_MIN {
+            pass((&mut y, x));
+        } else {
+            y.par_chunks_mut(PAR_MIN).zip(x.par_chunks(PAR_MIN)).for_each(pass);
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(y, "relu backward", |ys| {
+            with_f32(dy, "relu backward", |dys| {
+                let mut dx = vec![0f32; ys.len()];
+                let pass = |((dx, y), dy): ((&mut [f32], &[f32]), &[f32])| {
+                    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                        *d = if y > 0.0 { g } else { 0.0 };
+                    }
+                };
+                if ys.len() < PAR_MIN {
+                    pass(((&mut dx, ys), dys));
+                } else {
+                    dx.par_chunks_mut(PAR_MIN).zip(ys.par_chunks(PAR_MIN)).zip(dys.par_chunks(PAR_MIN)).for_each(pass);
+                }
+                dx
+            })
+        })??;
+        Ok(Some(cpu_tensor(dx, y.dims())?))
+    }
+}

@@ -1,0 +1,70 @@
+//! Fast CPU kernels for what training time is spent in, as candle custom ops with their own
+//! backward passes.
+//!
+//! candle's CPU backward passes are built from generic pieces: the input gradient of a
+//! convolution is a direct-loop `conv_transpose2d`, ReLU's gradient is a comparison, a cast
+//! and a multiplication, max-pooling's is an upsample, an equality mask and an average pool.
+//! Each op here does the same maths in one or two passes over memory, with the matrix
+//! products in the `gemm` crate and the batch split over rayon's threads.
+//!
+//! Every public function takes ordinary tensors. On the CPU with `f32` data it runs the
+//! kernel here (making the input contiguous first if it is not); on any other device or dtype
+//! it falls back to candle's own ops, so the same model code runs on a GPU build.
+//!
+//! Reductions over the batch (weight and bias gradients, batch statistics) are split into
+//! chunks fixed by the tensor shape alone and summed in a fixed order, so results are
+//! bit-identical from run to run whatever the number of threads.
+
+mod activation;
+mod conv;
+mod gemm;
+mod loss;
+mod norm;
+mod pool;
+
+pub use activation::relu;
+pub use conv::conv2d;
+pub use loss::{cross_entropy, cross_entropy_with_smoothing};
+pub use norm::{batch_norm_eval, batch_norm_train, channel_affine, BatchNormOutput};
+pub use pool::{avg_pool2d, max_pool2d};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
+
+/// Whether `t` can go through the kernels here rather than candle's own ops.
+fn fast_path(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The `f32` slice a contiguous CPU storage covers under `layout`.
+fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: expected f32 data, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: input is not contiguous"),
+    }
+}
+
+/// Runs `f` on the `f32` data of a CPU tensor, made contiguous first if needed.
+///
+/// Backward passes read their tensors this way rather than through another custom op: the
+/// result of a backward pass needs no graph of its own, and a closure can return several
+/// gradients where a custom op returns one tensor.
+fn with_f32<R>(t: &Tensor, op: &'static str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("{op}: expected a CPU tensor")
+    };
+    Ok(f(cpu_slice(cpu, layout, op)?))
+}
+
+/// A CPU `f32` tensor owning `data`, with no autograd history.
+fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
+/// Below this many elements an element-wise pass is not worth splitting over threads.
+const PAR_MIN: usize = 1 << 15;
