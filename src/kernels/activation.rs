@@ -4,13 +4,30 @@ use super::{cpu_slice, cpu_tensor, fast_path, with_f32, PAR_MIN};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `max(x, 0)` element-wise. The gradient passes where the output is positive, as in PyTorch
-/// (zero at exactly zero).
+/// `max(x, 0)` element-wise (NaN becomes 0, as in candle). The gradient passes where the
+/// output is positive, as in PyTorch (zero at exactly zero).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !fast_path(x) {
         return x.relu();
     }
     x.contiguous()?.apply_op1(Relu)
+}
+
+#[inline(never)]
+fn relu_slice(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x.max(0.0);
+    }
+}
+
+/// `dx = dy` where `y > 0`, else 0.
+#[inline(never)]
+fn relu_grad_slice(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+        // A bit mask rather than a select, which the compiler may turn into a branch that
+        // random activation signs mispredict.
+        *d = f32::from_bits(g.to_bits() & ((y > 0.0) as u32).wrapping_neg());
+    }
 }
 
 struct Relu;
@@ -23,11 +40,7 @@ impl CustomOp1 for Relu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(storage, layout, "relu")?;
         let mut y = vec![0f32; x.len()];
-        let pass = |(y, x): (&mut [f32], &[f32])| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = if x > 0.0 { x } else { 0.0 };
-            }
-        };
+        let pass = |(y, x): (&mut [f32], &[f32])| relu_slice(x, y);
         if x.len() < PAR_MIN {
             pass((&mut y, x));
         } else {
@@ -40,11 +53,7 @@ impl CustomOp1 for Relu {
         let dx = with_f32(y, "relu backward", |ys| {
             with_f32(dy, "relu backward", |dys| {
                 let mut dx = vec![0f32; ys.len()];
-                let pass = |((dx, y), dy): ((&mut [f32], &[f32]), &[f32])| {
-                    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                        *d = if y > 0.0 { g } else { 0.0 };
-                    }
-                };
+                let pass = |((dx, y), dy): ((&mut [f32], &[f32]), &[f32])| relu_grad_slice(y, dy, dx);
                 if ys.len() < PAR_MIN {
                     pass(((&mut dx, ys), dys));
                 } else {

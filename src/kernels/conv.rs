@@ -2,7 +2,7 @@
 //! gradient, im2col + gemm weight gradient.
 
 use super::gemm::{matmul, Operand};
-use super::{cpu_slice, cpu_tensor, fast_path, with_f32};
+use super::{cpu_slice, cpu_tensor, fast_path, with_f32, with_scratch};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -103,7 +103,7 @@ impl Geom {
 }
 
 /// Target width (columns) of the stacked im2col matrix in the backward pass.
-const GROUP_COLS: usize = 1024;
+const GROUP_COLS: usize = 512;
 
 /// The batch is cut into at most this many chunks for the weight-gradient reduction. The
 /// count depends only on the batch size, so the summation order never depends on threads.
@@ -178,25 +178,22 @@ fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
     let mut out = vec![0f32; g.n * g.out_len()];
     let cols_len = if is_pointwise(g) { 0 } else { k * p };
-    out.par_chunks_mut(g.out_len())
-        .zip(x.par_chunks(g.in_len()))
-        .for_each_init(
-            || vec![0f32; cols_len],
-            |cols, (o, xs)| {
-                let rhs: &[f32] = if cols_len == 0 {
-                    xs
-                } else {
-                    im2col(g, xs, cols, p, 0);
-                    cols
-                };
-                if let Some(b) = bias {
-                    for (row, &bv) in o.chunks_exact_mut(p).zip(b) {
-                        row.fill(bv);
-                    }
+    out.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each(|(o, xs)| {
+        with_scratch(cols_len, |cols| {
+            let rhs: &[f32] = if cols_len == 0 {
+                xs
+            } else {
+                im2col(g, xs, cols, p, 0);
+                cols
+            };
+            if let Some(b) = bias {
+                for (row, &bv) in o.chunks_exact_mut(p).zip(b) {
+                    row.fill(bv);
                 }
-                matmul(g.cout, p, k, Operand::plain(w), Operand::plain(rhs), o, bias.is_some());
-            },
-        );
+            }
+            matmul(g.cout, p, k, Operand::plain(w), Operand::plain(rhs), o, bias.is_some());
+        })
+    });
     out
 }
 
@@ -230,9 +227,9 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_parts
         .into_par_iter()
         .enumerate()
-        .map_init(
-            || (vec![0f32; k * group * p], vec![0f32; cout * group * p]),
-            |(cols, dys), (c, mut dx_part)| {
+        .map(|(c, mut dx_part)| {
+            with_scratch((k + cout) * group * p, |scratch| {
+                let (cols, dys) = scratch.split_at_mut(k * group * p);
                 let mut dw = vec![0f32; if needs.dw { cout * k } else { 0 }];
                 let mut db = vec![0f32; if needs.db { cout } else { 0 }];
                 let start = c * chunk;
@@ -270,8 +267,8 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
                     s0 += m;
                 }
                 (dw, db)
-            },
-        )
+            })
+        })
         .collect();
     let mut parts = partials.into_iter();
     let (mut dw, mut db) = parts.next().unwrap_or_default();

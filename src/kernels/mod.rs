@@ -66,5 +66,28 @@ fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
+/// Runs `f` with this thread's scratch buffer, grown to at least `len` values (contents
+/// unspecified).
+///
+/// Convolutions need an im2col buffer per sample group; allocating it afresh each call costs
+/// page faults (the allocator hands large blocks back to the OS) that were a quarter of a
+/// training step. rayon's worker threads live as long as the pool, so each keeps one buffer,
+/// as large as the largest layer has needed. Nothing depends on its contents between calls.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                *buf = vec![0f32; len];
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a rayon job stolen while the buffer was in use).
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
 /// Below this many elements an element-wise pass is not worth splitting over threads.
 const PAR_MIN: usize = 1 << 15;

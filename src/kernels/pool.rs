@@ -16,7 +16,7 @@ fn planes_per_task(plane_len: usize) -> usize {
 /// mode, `padding <= k / 2`).
 ///
 /// The backward pass sends each output's gradient to the first maximum of its window (in
-/// row-major order, as PyTorch does); candle's own backward splits it between tied maxima and
+/// row-major order, as PyTorch does). NaNs do not win a window (PyTorch's would). candle's own backward splits it between tied maxima and
 /// only supports `stride == k`. The fallback on other devices requires `padding == 0`.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
@@ -93,16 +93,19 @@ impl CustomOp1 for MaxPool {
             .zip(x.par_chunks(per * plane))
             .for_each(|((ys, is), xs)| {
                 for ((yp, ip), xp) in ys.chunks_exact_mut(oplane).zip(is.chunks_exact_mut(oplane)).zip(xs.chunks_exact(plane)) {
+                    if self.k == 2 && self.stride == 2 && self.padding == 0 {
+                        max_pool_2x2(xp, w, wo, yp, ip);
+                        continue;
+                    }
                     for oh in 0..ho {
                         let (h0, h1) = self.window(oh, h);
                         for ow in 0..wo {
                             let (w0, w1) = self.window(ow, w);
-                            let mut best = xp[h0 * w + w0];
+                            let mut best = f32::NEG_INFINITY;
                             let mut at = h0 * w + w0;
                             for ih in h0..h1 {
                                 for (iw, &v) in xp[ih * w + w0..ih * w + w1].iter().enumerate() {
-                                    // NaN wins so that it propagates, as in PyTorch.
-                                    if v > best || v.is_nan() {
+                                    if v > best {
                                         best = v;
                                         at = ih * w + w0 + iw;
                                     }
@@ -141,6 +144,30 @@ impl CustomOp1 for MaxPool {
             dx
         })?;
         Ok(Some(cpu_tensor(dx, x.dims())?))
+    }
+}
+
+/// The common 2x2, stride 2 case on one plane: two input rows per output row and no window
+/// bookkeeping. Written without data-dependent branches (maxima of random data are where a
+/// branch predictor guesses wrong half the time): float maxima, integer selects for the index.
+#[inline(never)]
+fn max_pool_2x2(xp: &[f32], w: usize, wo: usize, yp: &mut [f32], ip: &mut [u32]) {
+    let w32 = w as u32;
+    for (oh, (yrow, irow)) in yp.chunks_exact_mut(wo).zip(ip.chunks_exact_mut(wo)).enumerate() {
+        let base = 2 * oh * w;
+        let r0 = &xp[base..base + 2 * wo];
+        let r1 = &xp[base + w..base + w + 2 * wo];
+        let mut at = base as u32;
+        for (((y, i), a), b) in yrow.iter_mut().zip(irow.iter_mut()).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            // Ties go to the earlier position in row-major order, as in the general loop.
+            let (top, bottom) = (a[0].max(a[1]), b[0].max(b[1]));
+            let top_at = (a[1] > a[0]) as u32;
+            let bottom_at = w32.wrapping_add((b[1] > b[0]) as u32);
+            let lower = (bottom > top) as u32;
+            *y = top.max(bottom);
+            *i = at.wrapping_add(top_at.wrapping_add(lower.wrapping_mul(bottom_at.wrapping_sub(top_at))));
+            at = at.wrapping_add(2);
+        }
     }
 }
 
