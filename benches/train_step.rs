@@ -21,8 +21,12 @@ const CLASSES: usize = 10;
 /// Which implementation of the layers to run.
 #[derive(Clone, Copy, PartialEq)]
 enum Ops {
+    /// candle's conv2d, relu, max_pool2d and candle-nn's cross_entropy.
     Candle,
+    /// `transferlab::kernels`, op for op.
     Ours,
+    /// `transferlab::kernels` with ReLU and max-pooling as one op (`max_pool2d_relu`).
+    OursFused,
 }
 
 fn randn(shape: &[usize], scale: f32, name: &str) -> Tensor {
@@ -68,6 +72,7 @@ impl Net {
                     y.relu()?.max_pool2d(2)?
                 }
                 Ops::Ours => kernels::max_pool2d(&kernels::relu(&kernels::conv2d(&h, &w, Some(&b), 1, 1)?)?, 2, 2, 0)?,
+                Ops::OursFused => kernels::max_pool2d_relu(&kernels::conv2d(&h, &w, Some(&b), 1, 1)?, 2, 2, 0)?,
             };
         }
         let h = h.flatten_from(1)?;
@@ -78,7 +83,7 @@ impl Net {
         let logits = self.forward(x, ops, true)?;
         let loss = match ops {
             Ops::Candle => candle_nn::loss::cross_entropy(&logits, y)?,
-            Ops::Ours => kernels::cross_entropy(&logits, y)?,
+            Ops::Ours | Ops::OursFused => kernels::cross_entropy(&logits, y)?,
         };
         let grads = loss.backward()?;
         for v in self.vars() {
@@ -94,28 +99,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Seconds per call of `a` and `b`, run alternately `runs` times after one warm-up each.
-fn ab(runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
-    a();
-    b();
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+/// Median seconds per call of each function, run in turn `runs` times after one warm-up each,
+/// so that load from other processes falls on all of them alike.
+fn interleaved(runs: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    fs.iter_mut().for_each(|f| f());
+    let mut times = vec![Vec::new(); fs.len()];
     for _ in 0..runs {
-        let t = Instant::now();
-        a();
-        ta.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        b();
-        tb.push(t.elapsed().as_secs_f64());
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            f();
+            t.push(start.elapsed().as_secs_f64());
+        }
     }
-    (median(ta), median(tb))
+    times.into_iter().map(median).collect()
 }
 
-/// Forward + backward of `f` on a fresh variable, through `sum` (whose backward both sides pay).
-fn fwd_bwd(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) {
-    let v = Var::from_tensor(x).unwrap();
+/// [`interleaved`] for two functions.
+fn ab(runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let t = interleaved(runs, &mut [&mut a, &mut b]);
+    (t[0], t[1])
+}
+
+/// Forward + backward of `f` alone: the backward pass is seeded with ones (candle's
+/// `backward` on a non-scalar) and accumulates into a zero gradient, bookkeeping both sides pay.
+fn fwd_bwd(v: &Var, f: impl Fn(&Tensor) -> Result<Tensor>) {
     let y = f(v.as_tensor()).unwrap();
-    let g = y.sum_all().unwrap().backward().unwrap();
-    assert!(g.get(&v).is_some());
+    let g = y.backward().unwrap();
+    assert!(g.get(v).is_some());
 }
 
 fn loadavg() -> String {
@@ -146,41 +156,40 @@ fn main() {
     }
     println!("transferlab kernels benchmark: {} rayon threads, {runs} runs (median), load average before: {}", rayon::current_num_threads(), loadavg());
     println!();
-    println!("| batch {BATCH}, f32 | candle ops | transferlab::kernels | speed-up |");
-    println!("|---|---|---|---|");
-
     let x = randn(&[BATCH, 3, 32, 32], 1.0, "images");
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % CLASSES as u32).collect();
     let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).unwrap();
-    let (net_c, net_o) = (Net::new(), Net::new());
-    row(
-        "3-conv net, training step",
-        Some(BATCH as f64),
-        ab(
-            runs,
-            || {
-                net_c.train_step(&x, &y, Ops::Candle).unwrap();
-            },
-            || {
-                net_o.train_step(&x, &y, Ops::Ours).unwrap();
-            },
-        ),
-    );
-    row(
-        "3-conv net, inference",
-        Some(BATCH as f64),
-        ab(
-            runs,
-            || {
-                net_c.forward(&x, Ops::Candle, false).unwrap();
-            },
-            || {
-                net_o.forward(&x, Ops::Ours, false).unwrap();
-            },
-        ),
-    );
-
+    let nets = [Net::new(), Net::new(), Net::new()];
+    let variants = [Ops::Candle, Ops::Ours, Ops::OursFused];
+    println!("| 3-conv net, batch {BATCH} | candle ops | kernels, op for op | kernels, ReLU fused into pooling | speed-up (op for op / fused) |");
+    println!("|---|---|---|---|---|");
+    for (name, train) in [("training step", true), ("inference", false)] {
+        let mut fs: Vec<Box<dyn FnMut()>> = nets
+            .iter()
+            .zip(variants)
+            .map(|(net, ops)| -> Box<dyn FnMut()> {
+                let (x, y) = (&x, &y);
+                if train {
+                    Box::new(move || {
+                        net.train_step(x, y, ops).unwrap();
+                    })
+                } else {
+                    Box::new(move || {
+                        net.forward(x, ops, false).unwrap();
+                    })
+                }
+            })
+            .collect();
+        let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut()).collect();
+        let t = interleaved(runs, &mut refs);
+        let ips = |s: f64| BATCH as f64 / s;
+        println!("| {name} | {:.0} img/s | {:.0} img/s | {:.0} img/s | {:.2}x / {:.2}x |", ips(t[0]), ips(t[1]), ips(t[2]), t[0] / t[1], t[0] / t[2]);
+    }
+    println!();
+    println!("| single ops, batch {BATCH}, f32 | candle ops | transferlab::kernels | speed-up |");
+    println!("|---|---|---|---|");
     let h = randn(&[BATCH, 32, 16, 16], 1.0, "conv.in");
+    let hv = Var::from_tensor(&h).unwrap();
     let w = randn(&[64, 32, 3, 3], 0.1, "conv.w");
     let b = randn(&[64], 0.1, "conv.b");
     let (wv, bv) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
@@ -189,8 +198,8 @@ fn main() {
         None,
         ab(
             runs,
-            || fwd_bwd(&h, |t| t.conv2d(wv.as_tensor(), 1, 1, 1, 1)?.broadcast_add(&bv.as_tensor().reshape((1, (), 1, 1))?)),
-            || fwd_bwd(&h, |t| kernels::conv2d(t, wv.as_tensor(), Some(bv.as_tensor()), 1, 1)),
+            || fwd_bwd(&hv, |t| t.conv2d(wv.as_tensor(), 1, 1, 1, 1)?.broadcast_add(&bv.as_tensor().reshape((1, (), 1, 1))?)),
+            || fwd_bwd(&hv, |t| kernels::conv2d(t, wv.as_tensor(), Some(bv.as_tensor()), 1, 1)),
         ),
     );
     row(
@@ -206,9 +215,9 @@ fn main() {
             },
         ),
     );
-    let a = randn(&[BATCH, 64, 16, 16], 1.0, "relu.in");
+    let a = Var::from_tensor(&randn(&[BATCH, 64, 16, 16], 1.0, "relu.in")).unwrap();
     row("ReLU on 128x64x16x16, fwd+bwd", None, ab(runs, || fwd_bwd(&a, |t| t.relu()), || fwd_bwd(&a, kernels::relu)));
-    let m = randn(&[BATCH, 32, 32, 32], 1.0, "pool.in");
+    let m = Var::from_tensor(&randn(&[BATCH, 32, 32, 32], 1.0, "pool.in")).unwrap();
     row(
         "max-pool 2x2 on 128x32x32x32, fwd+bwd",
         None,
@@ -226,7 +235,7 @@ fn main() {
         None,
         ab(runs, || fwd_bwd(&a, bn_candle), || fwd_bwd(&a, |t| Ok(kernels::batch_norm_train(t, g.as_tensor(), beta.as_tensor(), 1e-5)?.output))),
     );
-    let z = randn(&[BATCH, CLASSES], 1.0, "logits");
+    let z = Var::from_tensor(&randn(&[BATCH, CLASSES], 1.0, "logits")).unwrap();
     row(
         "cross-entropy 128x10, fwd+bwd",
         None,

@@ -242,6 +242,30 @@ fn max_pool2d_with_stride_and_padding_matches_definition() {
 }
 
 #[test]
+fn max_pool2d_relu_equals_both_orders_of_the_two_ops() {
+    for (i, &(shape, k, s, p)) in [([5, 3, 8, 8], 2, 2, 0), ([2, 4, 9, 7], 3, 2, 1), ([1, 2, 6, 6], 2, 1, 0)].iter().enumerate() {
+        let x = randn(&shape, 35 + i as u64);
+        check_op(
+            "max_pool2d_relu vs relu after pooling",
+            &[x.clone()],
+            |t| kernels::max_pool2d_relu(&t[0], k, s, p).unwrap(),
+            |t| kernels::relu(&kernels::max_pool2d(&t[0], k, s, p).unwrap()).unwrap(),
+            12,
+        );
+        check_op(
+            "max_pool2d_relu vs relu before pooling",
+            &[x.clone()],
+            |t| kernels::max_pool2d_relu(&t[0], k, s, p).unwrap(),
+            |t| kernels::max_pool2d(&kernels::relu(&t[0]).unwrap(), k, s, p).unwrap(),
+            13,
+        );
+        if p == 0 && s == k {
+            assert_close(&kernels::max_pool2d_relu(&x, k, s, p).unwrap(), &x.relu().unwrap().max_pool2d(k).unwrap(), "max_pool2d_relu vs candle values");
+        }
+    }
+}
+
+#[test]
 fn max_pool2d_rejects_padding_over_half_the_window() {
     assert!(kernels::max_pool2d(&randn(&[1, 1, 8, 8], 1), 2, 2, 2).is_err());
 }

@@ -26,7 +26,7 @@ pub use activation::relu;
 pub use conv::conv2d;
 pub use loss::{cross_entropy, cross_entropy_with_smoothing};
 pub use norm::{batch_norm_eval, batch_norm_train, channel_affine, BatchNormOutput};
-pub use pool::{avg_pool2d, max_pool2d};
+pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};

@@ -15,10 +15,23 @@ fn planes_per_task(plane_len: usize) -> usize {
 /// by `padding` on every side with values that never win (PyTorch's `max_pool2d`, floor
 /// mode, `padding <= k / 2`).
 ///
-/// The backward pass sends each output's gradient to the first maximum of its window (in
-/// row-major order, as PyTorch does). NaNs do not win a window (PyTorch's would). candle's own backward splits it between tied maxima and
-/// only supports `stride == k`. The fallback on other devices requires `padding == 0`.
+/// The backward pass sends each output's gradient to the first maximum of its window in
+/// row-major order, as PyTorch does. NaNs do not win a window (in PyTorch they would). candle
+/// 0.11's own backward differs: it scales gradients by (number of maxima) / k² and only
+/// supports `stride == k`. The fallback on other devices is candle's op and requires
+/// `padding == 0`.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    max_pool(x, k, stride, padding, false)
+}
+
+/// `relu(max_pool2d(x))`, which equals `max_pool2d(relu(x))` value for value and gradient for
+/// gradient, as one op: the ReLU runs on the pooled values (k² fewer than its input) and the
+/// graph has one node where the two-op form has two, each with its own gradient buffer.
+pub fn max_pool2d_relu(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    max_pool(x, k, stride, padding, true)
+}
+
+fn max_pool(x: &Tensor, k: usize, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if k == 0 || stride == 0 {
         bail!("max_pool2d: kernel size and stride must be at least 1")
@@ -33,9 +46,10 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
         if padding != 0 {
             bail!("max_pool2d: padding is only supported for CPU f32 tensors")
         }
-        return x.max_pool2d_with_stride(k, stride);
+        let y = x.max_pool2d_with_stride(k, stride)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?.apply_op1(MaxPool { k, stride, padding, argmax: OnceLock::new() })
+    x.contiguous()?.apply_op1(MaxPool { k, stride, padding, relu, argmax: OnceLock::new() })
 }
 
 /// Average pooling over non-overlapping `k x k` windows (stride `k`, no padding); trailing
@@ -55,6 +69,8 @@ struct MaxPool {
     k: usize,
     stride: usize,
     padding: usize,
+    /// Clamp the pooled values at zero (and pass gradients only where they are positive).
+    relu: bool,
     /// For every output, the index of its winning input within its (H, W) plane, kept from
     /// the forward pass so that the backward pass is one scatter.
     argmax: OnceLock<Vec<u32>>,
@@ -117,6 +133,9 @@ impl CustomOp1 for MaxPool {
                     }
                 }
             });
+        if self.relu {
+            y.par_chunks_mut(super::PAR_MIN).for_each(|ys| ys.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
         let _ = self.argmax.set(idx);
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
@@ -128,21 +147,29 @@ impl CustomOp1 for MaxPool {
         let (_, _, h, w) = x.dims4()?;
         let (_, _, ho, wo) = y.dims4()?;
         let (plane, oplane) = (h * w, ho * wo);
+        let relu = self.relu;
         let dx = with_f32(dy, "max_pool2d backward", |dys| {
-            let mut dx = vec![0f32; x.elem_count()];
-            let per = planes_per_task(plane);
-            dx.par_chunks_mut(per * plane)
-                .zip(dys.par_chunks(per * oplane))
-                .zip(idx.par_chunks(per * oplane))
-                .for_each(|((dxs, dys), is)| {
-                    for ((dxp, dyp), ip) in dxs.chunks_exact_mut(plane).zip(dys.chunks_exact(oplane)).zip(is.chunks_exact(oplane)) {
-                        for (&g, &i) in dyp.iter().zip(ip) {
-                            dxp[i as usize] += g;
+            with_f32(y, "max_pool2d backward", |ys| {
+                let mut dx = vec![0f32; x.elem_count()];
+                let per = planes_per_task(plane);
+                dx.par_chunks_mut(per * plane)
+                    .zip(dys.par_chunks(per * oplane))
+                    .zip(idx.par_chunks(per * oplane))
+                    .zip(ys.par_chunks(per * oplane))
+                    .for_each(|(((dxs, dys), is), ys)| {
+                        let planes = dxs.chunks_exact_mut(plane).zip(dys.chunks_exact(oplane)).zip(is.chunks_exact(oplane)).zip(ys.chunks_exact(oplane));
+                        for (((dxp, dyp), ip), yp) in planes {
+                            for ((&g, &i), &yv) in dyp.iter().zip(ip).zip(yp) {
+                                // With the ReLU only positive outputs pass their gradient, as
+                                // in `relu`; without it every output does.
+                                let pass = !relu || yv > 0.0;
+                                dxp[i as usize] += f32::from_bits(g.to_bits() & (pass as u32).wrapping_neg());
+                            }
                         }
-                    }
-                });
-            dx
-        })?;
+                    });
+                dx
+            })
+        })??;
         Ok(Some(cpu_tensor(dx, x.dims())?))
     }
 }
