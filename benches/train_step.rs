@@ -8,7 +8,8 @@
 //! processes falls on both alike; the table shows the median of the runs.
 //!
 //! `cargo bench --bench train_step [-- runs]` (default 7 runs after one warm-up of each);
-//! `-- --profile-ours` runs only our training step, for a profiler.
+//! `-- --profile-candle|--profile-ours|--profile-fused [steps]` runs only one variant's
+//! training step, for a profiler.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::time::Instant;
@@ -142,14 +143,19 @@ fn row(name: &str, unit_per_call: Option<f64>, (tc, to): (f64, f64)) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(7);
-    if args.iter().any(|a| a == "--profile-ours") {
-        // Only our training step, for `perf record`.
+    if let Some(ops) = args.iter().find_map(|a| match a.as_str() {
+        "--profile-candle" => Some(Ops::Candle),
+        "--profile-ours" => Some(Ops::Ours),
+        "--profile-fused" => Some(Ops::OursFused),
+        _ => None,
+    }) {
+        // Only one variant's training step, for `perf record`.
         let x = randn(&[BATCH, 3, 32, 32], 1.0, "images");
         let y = Tensor::from_vec((0..BATCH as u32).map(|i| i % CLASSES as u32).collect::<Vec<_>>(), BATCH, &Device::Cpu).unwrap();
         let net = Net::new();
         for _ in 0..runs {
             let t = Instant::now();
-            net.train_step(&x, &y, Ops::Ours).unwrap();
+            net.train_step(&x, &y, ops).unwrap();
             println!("step {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         }
         return;

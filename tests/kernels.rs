@@ -247,14 +247,14 @@ fn max_pool2d_relu_equals_both_orders_of_the_two_ops() {
         let x = randn(&shape, 35 + i as u64);
         check_op(
             "max_pool2d_relu vs relu after pooling",
-            &[x.clone()],
+            std::slice::from_ref(&x),
             |t| kernels::max_pool2d_relu(&t[0], k, s, p).unwrap(),
             |t| kernels::relu(&kernels::max_pool2d(&t[0], k, s, p).unwrap()).unwrap(),
             12,
         );
         check_op(
             "max_pool2d_relu vs relu before pooling",
-            &[x.clone()],
+            std::slice::from_ref(&x),
             |t| kernels::max_pool2d_relu(&t[0], k, s, p).unwrap(),
             |t| kernels::max_pool2d(&kernels::relu(&t[0]).unwrap(), k, s, p).unwrap(),
             13,
