@@ -111,6 +111,15 @@ const GRAD_CHUNKS: usize = 8;
 
 /// Writes sample `x`'s patches into columns `off..off + P` of `cols` (K rows, row stride `ld`).
 fn im2col(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+    if is_shift(g) {
+        im2col_shift(g, x, cols, ld, off)
+    } else {
+        im2col_rows(g, x, cols, ld, off)
+    }
+}
+
+/// [`im2col`] for any geometry, one output row at a time.
+fn im2col_rows(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
     let (p, wo, s) = (g.p(), g.wo, g.stride);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
@@ -141,8 +150,18 @@ fn im2col(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
 }
 
 /// Adds columns `off..off + P` of `cols` back onto the input pixels they were read from:
-/// the adjoint of [`im2col`]. `dx` must start zeroed.
-fn col2im(g: &Geom, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
+/// the adjoint of [`im2col`]. `dx` must start zeroed; `cols` is left with the entries that fell
+/// on padding zeroed.
+fn col2im(g: &Geom, cols: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
+    if is_shift(g) {
+        col2im_shift(g, cols, ld, off, dx)
+    } else {
+        col2im_rows(g, cols, ld, off, dx)
+    }
+}
+
+/// [`col2im`] for any geometry, one output row at a time.
+fn col2im_rows(g: &Geom, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
     let (p, wo, s) = (g.p(), g.wo, g.stride);
     for ci in 0..g.cin {
         let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
@@ -164,6 +183,78 @@ fn col2im(g: &Geom, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
                             *d += *v;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Stride 1 with the output as wide as the input (3x3 with padding 1, 5x5 with 2, 1x1 with
+/// 0...): every im2col row is then its input plane shifted by one constant offset, so it is
+/// one long copy plus a few zeroed border columns, where the general loop copies row by row.
+fn is_shift(g: &Geom) -> bool {
+    g.stride == 1 && g.wo == g.w
+}
+
+/// For im2col row (ki, kj) of a shift geometry: the valid output rows, the valid columns, the
+/// span `start..end` of the row from the first valid value to the last, and the offset that
+/// maps a row index to its input index.
+fn shift_span(g: &Geom, ki: usize, kj: usize) -> Option<((usize, usize), (usize, usize), usize, usize, isize)> {
+    let (oh_lo, oh_hi) = g.valid(ki, g.h, g.ho);
+    let (ow_lo, ow_hi) = g.valid(kj, g.w, g.wo);
+    if oh_lo == oh_hi || ow_lo == ow_hi {
+        return None;
+    }
+    let shift = (ki as isize - g.pad as isize) * g.w as isize + (kj as isize - g.pad as isize);
+    Some(((oh_lo, oh_hi), (ow_lo, ow_hi), oh_lo * g.w + ow_lo, (oh_hi - 1) * g.w + ow_hi, shift))
+}
+
+/// Zeroes the columns outside `ow_lo..ow_hi` in rows `oh_lo..oh_hi` of one im2col row.
+fn zero_border_columns(row: &mut [f32], w: usize, (oh_lo, oh_hi): (usize, usize), (ow_lo, ow_hi): (usize, usize)) {
+    for c in (0..ow_lo).chain(ow_hi..w) {
+        for v in row[oh_lo * w + c..oh_hi * w].iter_mut().step_by(w) {
+            *v = 0.0;
+        }
+    }
+}
+
+fn im2col_shift(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+    let (p, w) = (g.p(), g.w);
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.h * w..][..g.h * w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * ld + off..][..p];
+                let Some((rows, cols_ok, start, end, shift)) = shift_span(g, ki, kj) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                row[..start].fill(0.0);
+                row[end..].fill(0.0);
+                let src = (start as isize + shift) as usize;
+                row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+                // The long copy carried neighbouring rows' pixels into the padding columns.
+                zero_border_columns(row, w, rows, cols_ok);
+            }
+        }
+    }
+}
+
+fn col2im_shift(g: &Geom, cols: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
+    let (p, w) = (g.p(), g.w);
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.h * w..][..g.h * w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * ld + off..][..p];
+                let Some((rows, cols_ok, start, end, shift)) = shift_span(g, ki, kj) else {
+                    continue;
+                };
+                // Padding positions have no input pixel; zeroed, one long add can run over them.
+                zero_border_columns(row, w, rows, cols_ok);
+                let dst = (start as isize + shift) as usize;
+                for (d, v) in plane[dst..dst + (end - start)].iter_mut().zip(&row[start..end]) {
+                    *d += *v;
                 }
             }
         }
@@ -344,6 +435,27 @@ impl CustomOp3 for Conv2dBiasOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_im2col_and_col2im_match_the_row_by_row_loops() {
+        // (cin, h, w, k, pad): every stride-1 geometry whose output is as wide as the input.
+        for (cin, h, w, k, pad) in [(2, 5, 7, 3, 1), (1, 6, 5, 7, 3), (3, 4, 4, 1, 0), (2, 3, 9, 5, 2), (1, 2, 2, 3, 1)] {
+            let (ho, wo) = (h + 2 * pad - k + 1, w + 2 * pad - k + 1);
+            let g = Geom { n: 1, cin, h, w, cout: 1, kh: k, kw: k, stride: 1, pad, ho, wo };
+            assert!(is_shift(&g));
+            let x: Vec<f32> = (0..cin * h * w).map(|i| i as f32 + 1.0).collect();
+            let (ld, off) = (g.p() + 3, 2);
+            let (mut a, mut b) = (vec![7.0; g.k() * ld], vec![7.0; g.k() * ld]);
+            im2col_shift(&g, &x, &mut a, ld, off);
+            im2col_rows(&g, &x, &mut b, ld, off);
+            assert_eq!(a, b, "im2col {cin} {h}x{w} k {k} pad {pad}");
+            let cols: Vec<f32> = (0..g.k() * ld).map(|i| (i % 13) as f32 - 6.0).collect();
+            let (mut da, mut db) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            col2im_shift(&g, &mut cols.clone(), ld, off, &mut da);
+            col2im_rows(&g, &cols, ld, off, &mut db);
+            assert_eq!(da, db, "col2im {cin} {h}x{w} k {k} pad {pad}");
+        }
+    }
 
     #[test]
     fn valid_ranges_cover_exactly_the_in_bounds_outputs() {
