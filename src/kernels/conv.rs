@@ -196,17 +196,27 @@ fn is_shift(g: &Geom) -> bool {
     g.stride == 1 && g.wo == g.w
 }
 
-/// For im2col row (ki, kj) of a shift geometry: the valid output rows, the valid columns, the
-/// span `start..end` of the row from the first valid value to the last, and the offset that
-/// maps a row index to its input index.
-fn shift_span(g: &Geom, ki: usize, kj: usize) -> Option<((usize, usize), (usize, usize), usize, usize, isize)> {
+/// Where im2col row (ki, kj) of a shift geometry reads the input.
+struct ShiftSpan {
+    /// Output rows that fall inside the input.
+    rows: (usize, usize),
+    /// Output columns that fall inside the input.
+    cols: (usize, usize),
+    /// From the row's first in-bounds value to just past its last.
+    start: usize,
+    end: usize,
+    /// Input index minus row index.
+    shift: isize,
+}
+
+fn shift_span(g: &Geom, ki: usize, kj: usize) -> Option<ShiftSpan> {
     let (oh_lo, oh_hi) = g.valid(ki, g.h, g.ho);
     let (ow_lo, ow_hi) = g.valid(kj, g.w, g.wo);
     if oh_lo == oh_hi || ow_lo == ow_hi {
         return None;
     }
     let shift = (ki as isize - g.pad as isize) * g.w as isize + (kj as isize - g.pad as isize);
-    Some(((oh_lo, oh_hi), (ow_lo, ow_hi), oh_lo * g.w + ow_lo, (oh_hi - 1) * g.w + ow_hi, shift))
+    Some(ShiftSpan { rows: (oh_lo, oh_hi), cols: (ow_lo, ow_hi), start: oh_lo * g.w + ow_lo, end: (oh_hi - 1) * g.w + ow_hi, shift })
 }
 
 /// Zeroes the columns outside `ow_lo..ow_hi` in rows `oh_lo..oh_hi` of one im2col row.
@@ -225,7 +235,7 @@ fn im2col_shift(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * ld + off..][..p];
-                let Some((rows, cols_ok, start, end, shift)) = shift_span(g, ki, kj) else {
+                let Some(ShiftSpan { rows, cols: cols_ok, start, end, shift }) = shift_span(g, ki, kj) else {
                     row.fill(0.0);
                     continue;
                 };
@@ -247,7 +257,7 @@ fn col2im_shift(g: &Geom, cols: &mut [f32], ld: usize, off: usize, dx: &mut [f32
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * ld + off..][..p];
-                let Some((rows, cols_ok, start, end, shift)) = shift_span(g, ki, kj) else {
+                let Some(ShiftSpan { rows, cols: cols_ok, start, end, shift }) = shift_span(g, ki, kj) else {
                     continue;
                 };
                 // Padding positions have no input pixel; zeroed, one long add can run over them.
