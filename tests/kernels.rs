@@ -377,6 +377,35 @@ fn batch_norm_eval_matches_reference() {
     );
 }
 
+#[test]
+fn fused_relu_variants_match_the_two_op_forms() {
+    let c = 5;
+    let x = randn(&[6, c, 7, 5], 76);
+    let (w, b) = (randn(&[c], 77), randn(&[c], 78));
+    check_op(
+        "batch_norm_train_relu",
+        &[x.clone(), w.clone(), b.clone()],
+        |t| kernels::batch_norm_train_relu(&t[0], &t[1], &t[2], 1e-5).unwrap().output,
+        |t| bn_reference(&t[0], &t[1], &t[2], 1e-5).0.relu().unwrap(),
+        79,
+    );
+    let fused = kernels::batch_norm_train_relu(&x, &w, &b, 1e-5).unwrap();
+    let plain = kernels::batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+    assert_eq!(values(&fused.mean), values(&plain.mean));
+    assert_eq!(values(&fused.var), values(&plain.var));
+    let rm = randn(&[c], 80);
+    let rv = randn(&[c], 81).abs().unwrap().affine(1.0, 0.5).unwrap();
+    check_op(
+        "batch_norm_eval_relu",
+        &[x.clone(), w, b],
+        |t| kernels::batch_norm_eval_relu(&t[0], &rm, &rv, &t[1], &t[2], 1e-5).unwrap(),
+        |t| kernels::batch_norm_eval(&t[0], &rm, &rv, &t[1], &t[2], 1e-5).unwrap().relu().unwrap(),
+        82,
+    );
+    check_op("add_relu", &[x, randn(&[6, c, 7, 5], 83)], |t| kernels::add_relu(&t[0], &t[1]).unwrap(), |t| (&t[0] + &t[1]).unwrap().relu().unwrap(), 84);
+    assert!(kernels::add_relu(&randn(&[2, 3], 1), &randn(&[3, 2], 2)).is_err());
+}
+
 fn ce_reference(z: &Tensor, t: &Tensor, eps: f64) -> Tensor {
     let logp = candle_nn::ops::log_softmax(z, 1).unwrap();
     let nll = logp.gather(&t.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap().neg().unwrap().mean_all().unwrap();
@@ -412,7 +441,8 @@ fn everything(batch: usize, seed: u64) -> Vec<u32> {
     let beta = Var::from_tensor(&randn(&[8], seed + 4)).unwrap();
     let w2 = Var::from_tensor(&randn(&[6, 8, 3, 3], seed + 5)).unwrap();
     let h = kernels::conv2d(&x, &w1, Some(&b1), 1, 1).unwrap();
-    let h = kernels::batch_norm_train(&h, &g, &beta, 1e-5).unwrap().output;
+    let a = kernels::batch_norm_train(&h, &g, &beta, 1e-5).unwrap().output;
+    let h = kernels::add_relu(&kernels::batch_norm_train_relu(&h, &g, &beta, 1e-5).unwrap().output, &a).unwrap();
     let h = kernels::max_pool2d(&kernels::relu(&h).unwrap(), 2, 2, 0).unwrap();
     let h = kernels::conv2d(&h, &w2, None, 2, 1).unwrap();
     let h = kernels::avg_pool2d(&h, 3).unwrap().flatten_from(1).unwrap();

@@ -22,10 +22,10 @@ mod loss;
 mod norm;
 mod pool;
 
-pub use activation::relu;
+pub use activation::{add_relu, relu};
 pub use conv::conv2d;
 pub use loss::{cross_entropy, cross_entropy_with_smoothing};
-pub use norm::{batch_norm_eval, batch_norm_train, channel_affine, BatchNormOutput};
+pub use norm::{batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
 pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};
 
 use candle_core::backend::BackendStorage;

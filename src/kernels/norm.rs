@@ -33,6 +33,18 @@ impl BatchNormOutput {
 /// with affine `weight` and `bias` (C). Running statistics are the caller's to update from
 /// the returned batch statistics.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+    batch_norm_train_impl(x, weight, bias, eps, false)
+}
+
+/// [`batch_norm_train`] followed by ReLU, as one op: the clamp happens as the output is
+/// written and the backward pass masks the incoming gradient itself, so the graph has one
+/// node (and one gradient buffer) where the two-op form has two. The statistics returned are
+/// those of the batch norm's input, as in the two-op form.
+pub fn batch_norm_train_relu(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+    batch_norm_train_impl(x, weight, bias, eps, true)
+}
+
+fn batch_norm_train_impl(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<BatchNormOutput> {
     let (n, c, s) = channel_dims(x, "batch_norm_train")?;
     check_channel_vec(weight, c, "batch_norm_train weight")?;
     check_channel_vec(bias, c, "batch_norm_train bias")?;
@@ -41,10 +53,14 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
         bail!("batch_norm_train: no values to take statistics over")
     }
     if !(fast_path(x) && fast_path(weight) && fast_path(bias)) {
-        return batch_norm_train_reference(x, weight, bias, eps, count);
+        let mut out = batch_norm_train_reference(x, weight, bias, eps, count)?;
+        if relu {
+            out.output = out.output.relu()?;
+        }
+        return Ok(out);
     }
     let stats = Arc::new(OnceLock::new());
-    let op = BatchNormTrain { eps, stats: stats.clone() };
+    let op = BatchNormTrain { eps, relu, stats: stats.clone() };
     let output = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     let Some(st) = stats.get() else {
         bail!("batch_norm_train: the forward pass left no statistics")
@@ -58,25 +74,39 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
 /// `(x - running_mean) / sqrt(running_var + eps) * weight + bias`, one pass over `x`.
 /// Gradients flow to `x`, `weight` and `bias` (fine-tuning with frozen statistics).
 pub fn batch_norm_eval(x: &Tensor, running_mean: &Tensor, running_var: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    batch_norm_eval_impl(x, running_mean, running_var, weight, bias, eps, false)
+}
+
+/// [`batch_norm_eval`] followed by ReLU, as one op (see [`batch_norm_train_relu`]).
+pub fn batch_norm_eval_relu(x: &Tensor, running_mean: &Tensor, running_var: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    batch_norm_eval_impl(x, running_mean, running_var, weight, bias, eps, true)
+}
+
+fn batch_norm_eval_impl(x: &Tensor, running_mean: &Tensor, running_var: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<Tensor> {
     let (_, c, _) = channel_dims(x, "batch_norm_eval")?;
     for (t, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")] {
         check_channel_vec(t, c, what)?;
     }
     let scale = weight.broadcast_div(&(running_var.detach() + eps)?.sqrt()?)?;
     let shift = (bias - running_mean.detach().mul(&scale)?)?;
-    channel_affine(x, &scale, &shift)
+    channel_affine_impl(x, &scale, &shift, relu)
 }
 
 /// `x * scale[c] + shift[c]` for `x` (N, C, ...) and per-channel `scale`, `shift` (C).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    channel_affine_impl(x, scale, shift, false)
+}
+
+fn channel_affine_impl(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
     let (_, c, _) = channel_dims(x, "channel_affine")?;
     check_channel_vec(scale, c, "channel_affine scale")?;
     check_channel_vec(shift, c, "channel_affine shift")?;
     if !(fast_path(x) && fast_path(scale) && fast_path(shift)) {
         let bshape = broadcast_shape(x);
-        return x.broadcast_mul(&scale.reshape(bshape.as_slice())?)?.broadcast_add(&shift.reshape(bshape.as_slice())?);
+        let y = x.broadcast_mul(&scale.reshape(bshape.as_slice())?)?.broadcast_add(&shift.reshape(bshape.as_slice())?)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffine)
+    x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffine { relu })
 }
 
 /// (N, C, product of the remaining axes) of a tensor with at least two axes.
@@ -167,6 +197,27 @@ fn for_planes_mut(out: &mut [f32], c: usize, s: usize, f: impl Fn(usize, &mut [f
     });
 }
 
+/// `y = x * scale + shift` over one plane, clamped at zero when `relu`.
+fn affine_plane(x: &[f32], scale: f32, shift: f32, relu: bool, y: &mut [f32]) {
+    if relu {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v * scale + shift).max(0.0);
+        }
+    } else {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * scale + shift;
+        }
+    }
+}
+
+/// The gradient a fused ReLU passes back: `dy` where the op's output `y` is positive.
+fn relu_masked(relu: bool, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if !relu {
+        return Ok(dy.clone());
+    }
+    super::activation::relu_grad(y, dy)
+}
+
 /// Batch statistics as computed in the forward pass and reused by the backward pass.
 struct Stats {
     mean: Vec<f32>,
@@ -176,6 +227,7 @@ struct Stats {
 
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
     stats: Arc<OnceLock<Stats>>,
 }
 
@@ -209,15 +261,14 @@ impl CustomOp3 for BatchNormTrain {
         let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
         let mut y = vec![0f32; x.len()];
         for_planes_mut(&mut y, c, s, |ch, yp, g| {
-            for (o, &v) in yp.iter_mut().zip(&x[g * s..][..s]) {
-                *o = v * scale[ch] + shift[ch];
-            }
+            affine_plane(&x[g * s..][..s], scale[ch], shift[ch], self.relu, yp);
         });
         let _ = self.stats.set(Stats { mean, var, invstd });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = &relu_masked(self.relu, y, dy)?;
         let Some(st) = self.stats.get() else {
             bail!("batch_norm_train backward: the forward pass did not run on the CPU")
         };
@@ -269,7 +320,9 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-struct ChannelAffine;
+struct ChannelAffine {
+    relu: bool,
+}
 
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
@@ -284,14 +337,13 @@ impl CustomOp3 for ChannelAffine {
         let (c, s) = (d[1], d[2..].iter().product::<usize>());
         let mut y = vec![0f32; x.len()];
         for_planes_mut(&mut y, c, s, |ch, yp, g| {
-            for (o, &v) in yp.iter_mut().zip(&x[g * s..][..s]) {
-                *o = v * scale[ch] + shift[ch];
-            }
+            affine_plane(&x[g * s..][..s], scale[ch], shift[ch], self.relu, yp);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = &relu_masked(self.relu, y, dy)?;
         let (n, c, s) = channel_dims(x, "channel_affine backward")?;
         let need_dx = x.track_op();
         let (dx, dscale, dshift) = with_f32(x, "channel_affine backward", |xs| {
