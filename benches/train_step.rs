@@ -4,12 +4,19 @@
 //! The network (the one of issue 4): three blocks of 3x3 conv (padding 1, bias) -> ReLU ->
 //! 2x2 max-pool, with 32, 64 and 128 channels, then a linear head 2048 -> 10; batch 128 of
 //! 32x32 RGB, f32. A training step is forward, mean cross-entropy, backward and a plain SGD
-//! update. The two implementations run interleaved (A, B, A, B, ...) so that load from other
-//! processes falls on both alike; the table shows the median of the runs.
+//! update. The implementations run interleaved (A, B, C, A, B, C, ...) so that load from other
+//! processes falls on all alike; the tables show the median of the runs.
 //!
-//! `cargo bench --bench train_step [-- runs]` (default 7 runs after one warm-up of each);
-//! `-- --profile-candle|--profile-ours|--profile-fused [steps]` runs only one variant's
-//! training step, for a profiler.
+//! `cargo bench --profile dev --bench train_step [-- runs]` (default 7 runs after one warm-up
+//! of each) reuses the dev build; plain `cargo bench` builds every dependency again in
+//! release mode. `-- --profile-candle|--profile-ours|--profile-fused [steps]` runs only one
+//! variant's training step, for a profiler.
+//!
+//! Two settings outside this crate move the numbers a lot (see `kernels`' module docs): the
+//! dev profile compiles dependencies (gemm included) with debug assertions, which halves
+//! gemm's speed, and glibc's default malloc returns large blocks to the OS, so every
+//! activation-sized allocation page-faults (try
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295`).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::time::Instant;
@@ -240,6 +247,11 @@ fn main() {
         "batch norm (train) on 128x64x16x16, fwd+bwd",
         None,
         ab(runs, || fwd_bwd(&a, bn_candle), || fwd_bwd(&a, |t| Ok(kernels::batch_norm_train(t, g.as_tensor(), beta.as_tensor(), 1e-5)?.output))),
+    );
+    row(
+        "batch norm (train) + ReLU on 128x64x16x16, fwd+bwd (ours fused)",
+        None,
+        ab(runs, || fwd_bwd(&a, |t| bn_candle(t)?.relu()), || fwd_bwd(&a, |t| Ok(kernels::batch_norm_train_relu(t, g.as_tensor(), beta.as_tensor(), 1e-5)?.output))),
     );
     let z = Var::from_tensor(&randn(&[BATCH, CLASSES], 1.0, "logits")).unwrap();
     row(

@@ -14,6 +14,17 @@
 //! Reductions over the batch (weight and bias gradients, batch statistics) are split into
 //! chunks fixed by the tensor shape alone and summed in a fixed order, so results are
 //! bit-identical from run to run whatever the number of threads.
+//!
+//! Fused forms (`max_pool2d_relu`, `batch_norm_train_relu`, `batch_norm_eval_relu`,
+//! `add_relu`) compute exactly what the two-op form computes, with one graph node instead of
+//! two: candle's backward pass allocates a zeroed gradient and adds into it for every node,
+//! which for activation-sized tensors costs as much as the op itself.
+//!
+//! Two things outside this module decide much of the speed: gemm compiled with debug
+//! assertions (as the dev profile compiles dependencies) runs at half its speed, and glibc's
+//! default malloc gives large freed blocks back to the OS, so each new activation-sized
+//! tensor page-faults; raising `glibc.malloc.mmap_threshold` and `trim_threshold` (through
+//! `GLIBC_TUNABLES` or `mallopt`) removes most of that.
 
 mod activation;
 mod conv;
