@@ -8,6 +8,7 @@ pub mod attacks;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod kernels;
 pub mod models;
 pub mod report;
 pub mod rng;
