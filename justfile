@@ -16,7 +16,8 @@ demo: notebook-env
 
 # The whole test suite: unit, integration and documentation tests, then every notebook headless.
 test: notebook-env
-    cargo test --all-targets --no-fail-fast
+    cargo build --benches
+    cargo test --lib --bins --tests --no-fail-fast
     cargo test --doc
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb

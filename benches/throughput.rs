@@ -21,7 +21,11 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> transferlab::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.is_empty() {
+        // `cargo test --all-targets` runs benches without arguments: a quick smoke run.
+        args = ["cnn3", "train", "2", "1"].map(String::from).to_vec();
+    }
     if args.len() != 4 {
         eprintln!("usage: throughput MODEL MODE BATCH STEPS");
         std::process::exit(2);

@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod models;
 pub mod report;
 pub mod rng;
+pub mod runtime;
 pub mod train;
 pub mod weights;
 

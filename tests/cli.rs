@@ -66,25 +66,29 @@ fn killed_run_leaves_a_complete_checkpoint_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("run.ckpt");
     let out = dir.path().join("w.safetensors");
-    let args = |epochs: &str| {
-        vec![
-            "train".to_string(), "--data".into(), "digits".into(), "--model".into(), "mlp".into(),
-            "--epochs".into(), epochs.into(), "--checkpoint".into(), ckpt.to_str().unwrap().into(),
-            "--out".into(), out.to_str().unwrap().into(),
-        ]
-    };
-    // An MLP epoch on digits takes milliseconds, so checkpoints are written many times a second
-    // and the kills land during writes as well as between them.
-    for delay_ms in [500u64, 800, 1100, 1400, 1700] {
-        let mut child = tlab().args(args("80")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+    let args: Vec<String> = [
+        "train", "--data", "digits", "--model", "mlp", "--epochs", "300", "--checkpoint", ckpt.to_str().unwrap(),
+        "--out", out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    // An MLP epoch on digits takes milliseconds and writes a checkpoint each time: wait until
+    // the run has passed a given epoch, then kill it a few milliseconds later, so the kills
+    // land during checkpoint writes as well as between them.
+    for (round, wait_epoch) in [1usize, 20, 40, 60, 80].into_iter().enumerate() {
+        let mut child = tlab().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while checkpoint_epoch(&ckpt) < wait_epoch && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(3 * round as u64));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_checkpoint_complete(&ckpt);
         assert!(!out.exists(), "final weights written by a killed run");
     }
-    assert!(ckpt.exists(), "no checkpoint after several seconds of training");
-    let stdout = run_ok(&args("80").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(checkpoint_epoch(&ckpt) >= 80);
+    let stdout = run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(stdout.contains("weights written"), "{stdout}");
     assert!(out.exists());
     let debris: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten()
@@ -92,6 +96,10 @@ fn killed_run_leaves_a_complete_checkpoint_and_resumes() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(debris.is_empty(), "temporary files left behind: {debris:?}");
+}
+
+fn checkpoint_epoch(path: &Path) -> usize {
+    transferlab::train::checkpoint::load(path).map_or(0, |(_, _, meta)| meta.epoch)
 }
 
 fn assert_checkpoint_complete(path: &Path) {

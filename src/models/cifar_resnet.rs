@@ -1,6 +1,6 @@
 //! He et al. (2016) ResNets for 32x32 images: ResNet-20/32/44/56 with option-A shortcuts.
 
-use super::layers::{global_avg_pool, relu, subsample2d, BatchNorm, Conv2d};
+use super::layers::{add_relu, global_avg_pool, subsample2d, BatchNorm, Conv2d};
 use super::Body;
 use crate::error::{Error, Result};
 use candle_core::{Module, ModuleT, Tensor};
@@ -34,7 +34,7 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let out = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let out = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
         let shortcut = match self.shortcut_pad {
             // The reference subsamples by 2 whatever the stride: the two only differ in
@@ -42,7 +42,7 @@ impl BasicBlock {
             Some(pad) => subsample2d(x, 2)?.pad_with_zeros(1, pad, pad)?,
             None => x.clone(),
         };
-        relu(&(out + shortcut)?)
+        add_relu(&out, &shortcut)
     }
 }
 
@@ -84,7 +84,7 @@ impl CifarResNetBody {
 
 impl Body for CifarResNetBody {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let mut h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         for b in &self.blocks {
             h = b.forward_t(&h, train)?;
         }

@@ -3,13 +3,18 @@
 //! Architectures call these instead of candle-nn directly so that one place decides how a
 //! convolution, a normalisation or a pooling is computed (and can swap in faster CPU kernels).
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNormConfig, Conv2dConfig, VarBuilder};
+use crate::kernels;
+use candle_core::{Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-/// A 2-D convolution with PyTorch's parameter names (`weight`, optional `bias`).
+/// A 2-D convolution with PyTorch's parameter names (`weight`, optional `bias`), computed by
+/// [`kernels::conv2d`] (im2col + gemm on CPU, candle's op elsewhere).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    inner: candle_nn::Conv2d,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
 }
 
 impl Conv2d {
@@ -21,35 +26,75 @@ impl Conv2d {
         } else {
             candle_nn::conv2d_no_bias(in_c, out_c, kernel, cfg, vb)?
         };
-        Ok(Self { inner })
+        Ok(Self { weight: inner.weight().clone(), bias: inner.bias().cloned(), stride, padding })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        kernels::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
     }
 }
 
 /// Batch normalisation over channels: batch statistics and running-average updates in
 /// training mode, running statistics in eval mode. PyTorch's names and defaults
-/// (`weight`, `bias`, `running_mean`, `running_var`; eps 1e-5, momentum 0.1).
+/// (`weight`, `bias`, `running_mean`, `running_var`; eps 1e-5, momentum 0.1, the running
+/// variance averaging the unbiased batch variance).
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
-    inner: candle_nn::BatchNorm,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
 }
 
 impl BatchNorm {
     /// Batch norm over `channels` with PyTorch defaults.
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
-        Ok(Self { inner: candle_nn::batch_norm(channels, cfg, vb)? })
+        // The running statistics are variables of the model's VarMap (saved with the weights);
+        // `Var::from_tensor` on a variable shares its storage, so updates land in the map.
+        let running_mean = Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
+        let running_var = Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, running_mean, running_var, eps: 1e-5, momentum: 0.1 })
+    }
+
+    /// Batch norm followed by ReLU, fused into one op.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let (rm, rv) = (self.running_mean.as_detached_tensor(), self.running_var.as_detached_tensor());
+            return if relu {
+                kernels::batch_norm_eval_relu(x, &rm, &rv, &self.weight, &self.bias, self.eps)
+            } else {
+                kernels::batch_norm_eval(x, &rm, &rv, &self.weight, &self.bias, self.eps)
+            };
+        }
+        let out = if relu {
+            kernels::batch_norm_train_relu(x, &self.weight, &self.bias, self.eps)?
+        } else {
+            kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
+        };
+        let m = self.momentum;
+        let mean = out.mean.to_dtype(self.running_mean.dtype())?;
+        let var = out.unbiased_var()?.to_dtype(self.running_var.dtype())?;
+        let rm = self.running_mean.as_detached_tensor();
+        let rv = self.running_var.as_detached_tensor();
+        self.running_mean.set(&((rm * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((rv * (1.0 - m))? + (var * m)?)?)?;
+        Ok(out.output)
     }
 }
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.inner.forward_t(x, train)
+        self.forward_impl(x, train, false)
     }
 }
 
@@ -107,69 +152,32 @@ impl Module for Linear {
 
 /// ReLU.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
+    kernels::relu(x)
+}
+
+/// ReLU of a sum (a residual connection), fused into one op.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    kernels::add_relu(a, b)
 }
 
 /// Max pooling with a square window and stride equal to it.
 pub fn max_pool2d(x: &Tensor, size: usize) -> Result<Tensor> {
-    x.max_pool2d(size)
+    kernels::max_pool2d(x, size, size, 0)
+}
+
+/// ReLU then max pooling (square window, stride equal to it), fused into one op.
+pub fn relu_max_pool2d(x: &Tensor, size: usize) -> Result<Tensor> {
+    kernels::max_pool2d_relu(x, size, size, 0)
 }
 
 /// Max pooling with a square `kernel`, `stride` and symmetric `padding`, as PyTorch's
-/// `MaxPool2d(kernel, stride, padding)` (floor mode): the ResNet stem's 3x3/2/1.
-///
-/// candle's own pooling has no padding and no backward pass when windows overlap, so the
-/// window maximum is taken over `kernel * kernel` strided views of the padded input, which
-/// differentiates through ordinary tensor ops.
+/// `MaxPool2d(kernel, stride, padding)` (floor mode): the ResNet stem's 3x3/2/1. Padding
+/// never wins a window; the gradient goes to the first maximum, as in PyTorch.
 pub fn max_pool2d_padded(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
     if kernel == 0 || stride == 0 || padding * 2 > kernel {
         candle_core::bail!("max_pool2d_padded: kernel {kernel}, stride {stride}, padding {padding} is not a valid pooling");
     }
-    if h + 2 * padding < kernel || w + 2 * padding < kernel {
-        candle_core::bail!("max_pool2d_padded: {h}x{w} input is smaller than the {kernel}x{kernel} window");
-    }
-    let (ho, wo) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-    // Every view must be able to take `stride * out` elements from its offset, so the far
-    // side gets extra padding; it never reaches a window, so its value is irrelevant.
-    let (hp, wp) = (kernel - 1 + stride * ho, kernel - 1 + stride * wo);
-    // Padding must lose every comparison. The lowest f32 rather than -inf: in f32 it cannot
-    // turn into NaN through arithmetic (narrower dtypes round it to -inf, which still loses).
-    // Where values tie (zeros after a ReLU) the gradient is shared among the tied inputs
-    // instead of going to the first, as PyTorch does; through a ReLU at zero it is 0 anyway.
-    let fill = f32::MIN as f64;
-    let pad_to = |t: &Tensor, dim: usize, before: usize, total: usize| -> Result<Tensor> {
-        let len = t.dim(dim)?;
-        let after = total.saturating_sub(before + len);
-        let mut parts = Vec::with_capacity(3);
-        let mut shape = t.dims().to_vec();
-        if before > 0 {
-            shape[dim] = before;
-            parts.push(Tensor::full(fill, shape.clone(), t.device())?.to_dtype(t.dtype())?);
-        }
-        parts.push(t.clone());
-        if after > 0 {
-            shape[dim] = after;
-            parts.push(Tensor::full(fill, shape, t.device())?.to_dtype(t.dtype())?);
-        }
-        let padded = Tensor::cat(&parts, dim)?;
-        padded.narrow(dim, 0, total)
-    };
-    let padded = pad_to(&pad_to(x, 2, padding, hp)?, 3, padding, wp)?;
-    let mut out: Option<Tensor> = None;
-    for dy in 0..kernel {
-        let rows = every_nth(&padded, 2, dy, stride, ho)?;
-        for dx in 0..kernel {
-            let view = every_nth(&rows, 3, dx, stride, wo)?;
-            out = Some(match out {
-                None => view,
-                Some(m) => m.maximum(&view)?,
-            });
-        }
-    }
-    let out = out.expect("kernel >= 1");
-    debug_assert_eq!(out.dims(), &[n, c, ho, wo]);
-    Ok(out)
+    kernels::max_pool2d(x, kernel, stride, padding)
 }
 
 /// `x[:, :, ::stride, ::stride]`: keep every `stride`-th row and column, starting at the first
@@ -203,7 +211,7 @@ fn every_nth(x: &Tensor, dim: usize, start: usize, step: usize, count: usize) ->
 
 /// Average pooling with a square window and stride equal to it.
 pub fn avg_pool2d(x: &Tensor, size: usize) -> Result<Tensor> {
-    x.avg_pool2d(size)
+    kernels::avg_pool2d(x, size)
 }
 
 /// Global average pooling: (N, C, H, W) -> (N, C).

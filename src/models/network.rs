@@ -52,6 +52,7 @@ impl std::fmt::Debug for Network {
 impl Network {
     /// A freshly initialised network; the same `seed` gives the same weights bit for bit.
     pub fn new(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Self> {
+        crate::runtime::tune_allocator();
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let body = build_body(spec, vb.clone())?;

@@ -1,10 +1,10 @@
 //! Pre-activation ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks")
 //! for 32x32 images, the default model of BackdoorBench.
 
-use super::layers::{global_avg_pool, relu, BatchNorm, Conv2d};
+use super::layers::{global_avg_pool, BatchNorm, Conv2d};
 use super::Body;
 use crate::error::Result;
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 /// BN -> ReLU -> conv 3x3 -> BN -> ReLU -> conv 3x3, added to the shortcut: the identity, or a
@@ -35,13 +35,13 @@ impl PreActBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let pre = relu(&self.bn1.forward_t(x, train)?)?;
+        let pre = self.bn1.forward_relu(x, train)?;
         let shortcut = match &self.shortcut {
             Some(conv) => conv.forward(&pre)?,
             None => x.clone(),
         };
         let out = self.conv1.forward(&pre)?;
-        let out = self.conv2.forward(&relu(&self.bn2.forward_t(&out, train)?)?)?;
+        let out = self.conv2.forward(&self.bn2.forward_relu(&out, train)?)?;
         out + shortcut
     }
 }

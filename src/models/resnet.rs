@@ -1,6 +1,6 @@
 //! torchvision's ImageNet ResNets: ResNet-18 (basic blocks) and ResNet-50 (bottlenecks).
 
-use super::layers::{global_avg_pool, max_pool2d_padded, relu, BatchNorm, Conv2d};
+use super::layers::{add_relu, global_avg_pool, max_pool2d_padded, BatchNorm, Conv2d};
 use super::Body;
 use crate::error::Result;
 use candle_core::{Module, ModuleT, Tensor};
@@ -74,16 +74,14 @@ impl Block {
         let mut h = x.clone();
         let last = self.layers.len() - 1;
         for (i, (conv, bn)) in self.layers.iter().enumerate() {
-            h = bn.forward_t(&conv.forward(&h)?, train)?;
-            if i < last {
-                h = relu(&h)?;
-            }
+            let z = conv.forward(&h)?;
+            h = if i < last { bn.forward_relu(&z, train)? } else { bn.forward_t(&z, train)? };
         }
         let shortcut = match &self.downsample {
             Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        relu(&(h + shortcut)?)
+        add_relu(&h, &shortcut)
     }
 }
 
@@ -124,7 +122,7 @@ impl ResNetBody {
 
 impl Body for ResNetBody {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         let mut h = max_pool2d_padded(&h, 3, 2, 1)?;
         for b in &self.blocks {
             h = b.forward_t(&h, train)?;

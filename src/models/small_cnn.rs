@@ -1,6 +1,6 @@
 //! A plain 3-layer CNN: the network of the training-speed benchmark, and a quick baseline.
 
-use super::layers::{max_pool2d, relu, Conv2d};
+use super::layers::{relu_max_pool2d, Conv2d};
 use super::Body;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -31,7 +31,7 @@ impl Body for SmallCnnBody {
     fn features(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for conv in &self.convs {
-            h = max_pool2d(&relu(&conv.forward(&h)?)?, 2)?;
+            h = relu_max_pool2d(&conv.forward(&h)?, 2)?;
         }
         h.flatten_from(1)
     }
