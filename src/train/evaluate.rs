@@ -20,31 +20,25 @@ fn check_compatible(net: &Network, ds: &Dataset) -> Result<()> {
 
 /// Eval-mode logits for every sample, (N, classes), on the CPU.
 pub fn logits(net: &Network, ds: &Dataset) -> Result<Tensor> {
-    check_compatible(net, ds)?;
-    let mut parts = Vec::new();
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(EVAL_BATCH) {
-        let (x, _) = ds.batch(chunk, net.device())?;
-        parts.push(net.forward(&x, false)?.to_device(&Device::Cpu)?);
-    }
-    if parts.is_empty() {
-        return Err(Error::invalid("dataset", "cannot evaluate on an empty dataset"));
-    }
-    Ok(Tensor::cat(&parts, 0)?)
+    over_batches(net, ds, |x| net.forward(x, false))
 }
 
 /// Eval-mode penultimate features for every sample, (N, feature_dim), on the CPU.
 pub fn features(net: &Network, ds: &Dataset) -> Result<Tensor> {
+    over_batches(net, ds, |x| net.features(x, false))
+}
+
+/// `f` applied to the dataset in evaluation batches, the results stacked on the CPU.
+fn over_batches(net: &Network, ds: &Dataset, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     check_compatible(net, ds)?;
-    let mut parts = Vec::new();
+    if ds.is_empty() {
+        return Err(Error::invalid("dataset", "cannot evaluate on an empty dataset"));
+    }
     let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(EVAL_BATCH) {
-        let (x, _) = ds.batch(chunk, net.device())?;
-        parts.push(net.features(&x, false)?.to_device(&Device::Cpu)?);
-    }
-    if parts.is_empty() {
-        return Err(Error::invalid("dataset", "cannot compute features of an empty dataset"));
-    }
+    let parts = idx
+        .chunks(EVAL_BATCH)
+        .map(|chunk| f(&ds.batch(chunk, net.device())?.0)?.to_device(&Device::Cpu).map_err(Into::into))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
 }
 

@@ -108,13 +108,5 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
                 .map_err(fig_err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, TICK_SIZE))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperMiddle)
-        .draw()
-        .map_err(fig_err)?;
-    Ok(())
+    super::draw_legend(&mut chart, SeriesLabelPosition::UpperMiddle)
 }

@@ -81,13 +81,5 @@ pub(super) fn draw<DB: DrawingBackend>(c: &LineChart, area: &DrawingArea<DB, Shi
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, col.filled())))
             .map_err(fig_err)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, TICK_SIZE))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(fig_err)?;
-    Ok(())
+    super::draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
 }

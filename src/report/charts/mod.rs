@@ -30,6 +30,22 @@ pub fn draw<DB: DrawingBackend>(chart: &Chart, area: &DrawingArea<DB, Shift>) ->
     }
 }
 
+/// The legend every chart with series uses.
+pub(crate) fn draw_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .label_font((crate::report::font::FAMILY, crate::report::style::TICK_SIZE))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(fig_err)
+}
+
 pub(crate) fn fig_err<E: std::fmt::Display>(e: E) -> Error {
     Error::Figure(e.to_string())
 }
