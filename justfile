@@ -52,12 +52,13 @@ mnist:
         --test-fraction 0.2 --out runs/mnist-badnets-cnn.safetensors
 
 # Training and inference speed and peak memory against PyTorch CPU (pip, in .venv-bench),
-# interleaved A/B, median of 5 rounds; release build.
+# interleaved A/B, median of 5 rounds. Built with the dev profile the tests and the CLI use
+# (dependencies at opt-level 3), so it needs no second, release build of candle and polars.
 bench:
     #!/usr/bin/env bash
     set -euo pipefail
     if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
     .venv-bench/bin/python -c "import torch" 2>/dev/null || .venv-bench/bin/pip install --quiet torch==2.15.0
-    bin=$(cargo bench --no-run --bench throughput --message-format=json \
+    bin=$(cargo bench --profile dev --no-run --bench throughput --message-format=json \
         | python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"" in l][-1])')
     .venv-bench/bin/python benches/compare.py "$bin" .venv-bench/bin/python

@@ -40,6 +40,9 @@ pub struct Network {
     body: Arc<dyn Body>,
     head: Linear,
     frozen: BTreeSet<String>,
+    /// Whether every body parameter is frozen; kept with `frozen` because every forward pass
+    /// asks (a frozen body runs in eval mode).
+    body_frozen: bool,
     device: Device,
 }
 
@@ -58,7 +61,7 @@ impl Network {
         let body = build_body(spec, vb.clone())?;
         let head = Linear::new(body.feature_dim(), spec.num_classes, vb.pp(spec.head_name()))?;
         initialise(&varmap, init_scheme(&spec.arch), seed, "")?;
-        Ok(Self { spec: spec.clone(), varmap, body, head, frozen: BTreeSet::new(), device: device.clone() })
+        Ok(Self { spec: spec.clone(), varmap, body, head, frozen: BTreeSet::new(), body_frozen: false, device: device.clone() })
     }
 
     /// The model's specification.
@@ -94,7 +97,7 @@ impl Network {
                 format!("expected (N, {c}, {h}, {w}) images, got {dims:?}"),
             ));
         }
-        let body_train = train && !self.body_frozen();
+        let body_train = train && !self.body_frozen;
         Ok(self.body.features(x, body_train)?)
     }
 
@@ -133,9 +136,9 @@ impl Network {
         name.starts_with(&format!("{}.", self.spec.head_name()))
     }
 
-    fn body_frozen(&self) -> bool {
+    fn update_body_frozen(&mut self) {
         let names = self.parameter_names();
-        names.iter().filter(|n| !self.is_head(n)).all(|n| self.frozen.contains(n))
+        self.body_frozen = names.iter().filter(|n| !self.is_head(n)).all(|n| self.frozen.contains(n));
     }
 
     /// Freeze every parameter whose name starts with `prefix` ("" freezes everything).
@@ -145,11 +148,13 @@ impl Network {
                 self.frozen.insert(n);
             }
         }
+        self.update_body_frozen();
     }
 
     /// Unfreeze every parameter whose name starts with `prefix`.
     pub fn unfreeze(&mut self, prefix: &str) {
         self.frozen.retain(|n| !n.starts_with(prefix));
+        self.update_body_frozen();
     }
 
     /// Fixed-feature mode: freeze everything but the head.
@@ -159,11 +164,13 @@ impl Network {
                 self.frozen.insert(n);
             }
         }
+        self.update_body_frozen();
     }
 
     /// Full fine-tuning mode: nothing frozen.
     pub fn unfreeze_all(&mut self) {
         self.frozen.clear();
+        self.body_frozen = false;
     }
 
     /// The variables an optimiser should update: not frozen, and not running statistics
@@ -249,6 +256,7 @@ impl Network {
         let mut copy = Network::new(&self.spec, 0, &self.device)?;
         copy.set_tensors(&self.named_tensors()?, LoadMode::Strict)?;
         copy.frozen = self.frozen.clone();
+        copy.body_frozen = self.body_frozen;
         Ok(copy)
     }
 }
