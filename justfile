@@ -39,7 +39,7 @@ notebook-env:
         "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -r notebooks/kernel/requirements.txt
         cp notebooks/kernel/requirements.txt "{{venv}}/.requirements.txt"
     fi
-    "{{venv}}/bin/python" notebooks/kernel/install_kernel.py "{{venv}}" >/dev/null
+    "{{venv}}/bin/python" notebooks/kernel/install_kernel.py "{{venv}}" "$(command -v evcxr_jupyter)" >/dev/null
 
 # Compile the crate once in the notebook kernel so the first cell of a fresh kernel is quick.
 warm: notebook-env

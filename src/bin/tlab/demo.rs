@@ -41,7 +41,7 @@ pub fn run(out: &Path) -> Result<()> {
     save_table(&table, out.join("demo_metrics.csv"))?;
 
     let chart = BarChart::new("BadNets on digits (ConvNet, 3x3 patch, 10% poisoned)", "rate (%)", vec!["CA".into(), "ASR".into()])
-        .y_range(0.0, 125.0);
+        .y_range(0.0, 105.0);
     let chart = rows.iter().fold(chart, |c, (name, m)| {
         c.series(name, vec![100.0 * m.clean_accuracy, 100.0 * m.attack_success_rate])
     });

@@ -61,11 +61,13 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
             .iter()
             .flat_map(|(_, v, e)| v.iter().enumerate().map(move |(i, x)| x + e.as_ref().map_or(0.0, |e| e[i])))
             .fold(0.0f64, f64::max);
-        // Head-room above the tallest bar keeps the legend clear of the data.
-        (0.0, if max > 0.0 { max * 1.25 } else { 1.0 })
+        (0.0, if max > 0.0 { max * 1.1 } else { 1.0 })
     });
     let cats = c.categories.clone();
-    let mut chart = ChartBuilder::on(area)
+    // The legend gets its own column to the right, so it never covers a bar.
+    let entries: Vec<(String, RGBColor)> = c.series.iter().enumerate().map(|(i, (n, _, _))| (n.clone(), colour(i))).collect();
+    let (plot_area, legend_area) = super::split_for_legend(area, &entries);
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(&c.title, (FAMILY, TITLE_SIZE))
         .margin(MARGIN)
         .x_label_area_size(40)
@@ -89,7 +91,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
         .map_err(fig_err)?;
     let k = c.series.len() as f64;
     let width = 0.8 / k;
-    for (s, (name, values, errors)) in c.series.iter().enumerate() {
+    for (s, (_, values, errors)) in c.series.iter().enumerate() {
         let col = colour(s);
         let x0 = |i: usize| i as f64 + 0.1 + s as f64 * width;
         chart
@@ -97,8 +99,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
                 Rectangle::new([(x0(i), lo.max(0.0).min(hi)), (x0(i) + width * 0.95, v)], col.filled())
             }))
             .map_err(fig_err)?
-            .label(name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], col.filled()));
+            ;
         if let Some(errors) = errors {
             chart
                 .draw_series(values.iter().zip(errors).enumerate().map(|(i, (&v, &e))| {
@@ -108,5 +109,5 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
                 .map_err(fig_err)?;
         }
     }
-    super::draw_legend(&mut chart, SeriesLabelPosition::UpperMiddle)
+    super::draw_side_legend(&legend_area, &entries)
 }
