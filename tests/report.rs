@@ -50,3 +50,41 @@ fn malformed_charts_are_errors_not_panics() {
     let empty = Figure::new(Chart::Grid(ImageGrid::new("x", (2, 4, 4), 2).image(vec![0.0; 32], "a")));
     assert!(empty.to_png().is_err());
 }
+
+#[test]
+fn an_interrupted_sweep_resumes_without_redoing_finished_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sweep.jsonl");
+    let configs = grid(&[("rate", vec![0.01.into(), 0.05.into(), 0.1.into()]), ("seed", vec![0.into(), 1.into()])]);
+    let sweep = Sweep::new(&log);
+    let mut calls = Vec::new();
+    // The fourth run fails, as a killed process would.
+    let err = sweep.run(&configs, |c| {
+        calls.push(c.clone());
+        if calls.len() == 4 {
+            return Err(transferlab::Error::invalid("test", "interrupted"));
+        }
+        Ok(vec![("asr".into(), c["rate"].as_f64().unwrap() * 10.0)])
+    });
+    assert!(err.is_err());
+    // A kill in the middle of an append leaves a cut-off line; it must be ignored and redone.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"rate\":0.05,\"se").unwrap();
+    drop(f);
+    let mut second = Vec::new();
+    let df = sweep
+        .run(&configs, |c| {
+            second.push(c.clone());
+            Ok(vec![("asr".into(), c["rate"].as_f64().unwrap() * 10.0)])
+        })
+        .unwrap();
+    assert_eq!(second.len(), 3, "finished rows were recomputed: {second:?}");
+    assert_eq!(second[0], configs[3]);
+    assert_eq!(df.height(), 6);
+    let names: Vec<&str> = df.get_column_names().iter().map(|s| s.as_str()).collect();
+    assert_eq!(names, ["rate", "seed", "asr"]);
+    assert_eq!(df.column("asr").unwrap().f64().unwrap().get(5), Some(1.0));
+    // Everything is logged now: a third run computes nothing.
+    let again = sweep.run(&configs, |_| panic!("recomputed")).unwrap();
+    assert!(again.equals(&df));
+}

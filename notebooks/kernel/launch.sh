@@ -7,6 +7,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 export EVCXR_CONFIG_DIR="$here"
+# evcxr builds every crate with debug assertions; inside candle's gemm they halve matrix
+# throughput. Cargo's environment overrides the generated manifest's profile.
+export CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false
 evcxr="${EVCXR_JUPYTER:-$(command -v evcxr_jupyter || echo "$HOME/.cargo/bin/evcxr_jupyter")}"
 slots="${TRANSFERLAB_EVCXR_DIR:-$root/target/evcxr}"
 mkdir -p "$slots"

@@ -6,9 +6,11 @@ mod display;
 mod figure;
 pub mod font;
 pub mod style;
+mod sweep;
 mod table;
 
 pub use display::Table;
 pub use charts::{BarChart, Chart, ImageGrid, LineChart};
 pub use figure::{Figure, DEFAULT_SIZE};
+pub use sweep::{grid, Sweep, SweepConfig};
 pub use table::{load_table, save_table};
