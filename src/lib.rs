@@ -31,7 +31,9 @@ pub mod prelude {
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};
     pub use crate::models::{LoadMode, ModelSpec, Network};
-    pub use crate::report::{load_table, save_table, BarChart, Chart, Figure, ImageGrid, LineChart, Table};
+    pub use crate::report::{
+        grid, load_table, save_table, BarChart, Chart, Figure, Heatmap, ImageGrid, LineChart, ScatterChart, Sweep, Table,
+    };
     pub use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
     pub use candle_core::Device;
 }

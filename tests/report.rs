@@ -88,3 +88,22 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_rows() {
     let again = sweep.run(&configs, |_| panic!("recomputed")).unwrap();
     assert!(again.equals(&df));
 }
+
+#[test]
+fn scatter_fits_a_line_and_heatmaps_check_their_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, r) = transferlab::report::charts::fit_line(&[(1.0, 2.0), (2.0, 2.9), (3.0, 4.2), (4.0, 4.9)]).unwrap();
+    assert!((b - 1.0).abs() < 0.1 && (a - 1.0).abs() < 0.2 && r > 0.99, "{a} {b} {r}");
+    assert!(transferlab::report::charts::fit_line(&[(1.0, 2.0), (1.0, 3.0)]).is_none());
+    let scatter = Figure::new(Chart::Scatter(
+        ScatterChart::new("transfer vs source", "source accuracy", "transfer accuracy", vec![(0.7, 0.6), (0.8, 0.72), (0.9, 0.8)])
+            .labels(vec!["a".into(), "b".into(), "c".into()]),
+    ));
+    scatter.save(dir.path().join("scatter.png")).unwrap();
+    let svg = scatter.to_svg().unwrap();
+    assert!(svg.contains("r = 0.99"), "the fitted r is not in the legend");
+    let heat = Figure::new(Chart::Heatmap(Heatmap::new("influence", vec!["c0".into(), "c1".into()], vec!["t0".into(), "t1".into(), "t2".into()], vec![0.1, -0.2, 0.3, 0.0, 0.5, -0.4])));
+    heat.save(dir.path().join("heat.png")).unwrap();
+    let bad = Figure::new(Chart::Heatmap(Heatmap::new("bad", vec!["a".into()], vec!["b".into()], vec![1.0, 2.0])));
+    assert!(bad.to_png().unwrap_err().to_string().contains("needs 1 values"));
+}

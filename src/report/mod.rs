@@ -10,7 +10,7 @@ mod sweep;
 mod table;
 
 pub use display::Table;
-pub use charts::{BarChart, Chart, ImageGrid, LineChart};
+pub use charts::{BarChart, Chart, Heatmap, ImageGrid, LineChart, ScatterChart};
 pub use figure::{Figure, DEFAULT_SIZE};
 pub use sweep::{grid, Sweep, SweepConfig};
 pub use table::{load_table, save_table};

@@ -2,11 +2,15 @@
 
 mod bars;
 mod grid;
+mod heatmap;
 mod lines;
+mod scatter;
 
 pub use bars::BarChart;
 pub use grid::ImageGrid;
+pub use heatmap::Heatmap;
 pub use lines::LineChart;
+pub use scatter::{fit_line, ScatterChart};
 
 use crate::error::{Error, Result};
 use plotters::coord::Shift;
@@ -18,6 +22,8 @@ pub enum Chart {
     Bars(BarChart),
     Lines(LineChart),
     Grid(ImageGrid),
+    Scatter(ScatterChart),
+    Heatmap(Heatmap),
 }
 
 /// Draw `chart` on `area` with any plotters backend.
@@ -27,6 +33,8 @@ pub fn draw<DB: DrawingBackend>(chart: &Chart, area: &DrawingArea<DB, Shift>) ->
         Chart::Bars(c) => bars::draw(c, area),
         Chart::Lines(c) => lines::draw(c, area),
         Chart::Grid(c) => grid::draw(c, area),
+        Chart::Scatter(c) => scatter::draw(c, area),
+        Chart::Heatmap(c) => heatmap::draw(c, area),
     }
 }
 

@@ -1,0 +1,104 @@
+//! Scatter plots with a least-squares line and Pearson's r (transfer accuracy against source
+//! accuracy, and the like).
+
+use super::fig_err;
+use crate::error::{Error, Result};
+use crate::report::font::FAMILY;
+use crate::report::style::{colour, LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_SIZE};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// Points (optionally labelled), the fitted line y = a + b x, and r in the legend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScatterChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<(f64, f64)>,
+    pub labels: Vec<String>,
+}
+
+/// Least-squares fit of y on x: (intercept, slope, Pearson r). `None` with fewer than two
+/// distinct x values.
+///
+/// ```
+/// let (a, b, r) = transferlab::report::charts::fit_line(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]).unwrap();
+/// assert!((a - 1.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12 && (r - 1.0).abs() < 1e-12);
+/// ```
+pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let b = sxy / sxx;
+    let r = if syy == 0.0 { 0.0 } else { sxy / (sxx * syy).sqrt() };
+    Some((my - b * mx, b, r))
+}
+
+impl ScatterChart {
+    /// A scatter of `points`.
+    pub fn new(title: &str, x_label: &str, y_label: &str, points: Vec<(f64, f64)>) -> Self {
+        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), points, labels: Vec::new() }
+    }
+
+    /// Label each point (model names...).
+    pub fn labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = labels;
+        self
+    }
+}
+
+fn span(v: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let lo = v.clone().fold(f64::INFINITY, f64::min);
+    let hi = v.fold(f64::NEG_INFINITY, f64::max);
+    let pad = if hi > lo { 0.08 * (hi - lo) } else { 0.5 };
+    (lo - pad, hi + pad)
+}
+
+pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, Shift>) -> Result<()> {
+    if c.points.is_empty() || c.points.iter().any(|p| !p.0.is_finite() || !p.1.is_finite()) {
+        return Err(Error::Figure("a scatter needs at least one point, all finite".into()));
+    }
+    if !c.labels.is_empty() && c.labels.len() != c.points.len() {
+        return Err(Error::Figure(format!("{} labels for {} points", c.labels.len(), c.points.len())));
+    }
+    let xs = span(c.points.iter().map(|p| p.0));
+    let ys = span(c.points.iter().map(|p| p.1));
+    let mut chart = ChartBuilder::on(area)
+        .caption(&c.title, (FAMILY, TITLE_SIZE))
+        .margin(MARGIN)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
+        .map_err(fig_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(&c.x_label)
+        .y_desc(&c.y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .label_style((FAMILY, TICK_SIZE))
+        .axis_desc_style((FAMILY, LABEL_SIZE))
+        .draw()
+        .map_err(fig_err)?;
+    let (point_col, line_col) = (colour(0), colour(1));
+    chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, point_col.filled()))).map_err(fig_err)?;
+    for (p, l) in c.points.iter().zip(&c.labels) {
+        chart.draw_series(std::iter::once(Text::new(l.clone(), (p.0, p.1), (FAMILY, TICK_SIZE)))).map_err(fig_err)?;
+    }
+    if let Some((a, b, r)) = fit_line(&c.points) {
+        chart
+            .draw_series(LineSeries::new([xs.0, xs.1].map(|x| (x, a + b * x)), line_col.stroke_width(2)))
+            .map_err(fig_err)?
+            .label(format!("y = {a:.3} + {b:.3} x, r = {r:.3}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], line_col.stroke_width(2)));
+        super::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    }
+    Ok(())
+}
