@@ -24,7 +24,7 @@ test: notebook-env
 
 # Set up the notebook environment and open JupyterLab on notebooks/.
 lab: notebook-env warm
-    {{venv}}/bin/jupyter lab --notebook-dir notebooks
+    {{venv}}/bin/jupyter lab --notebook-dir notebooks $([ "$(id -u)" = 0 ] && echo --allow-root)
 
 # Install evcxr_jupyter (pinned), Jupyter in a project venv (pinned), register the `rust`
 # kernel. Idempotent: a second run only checks.
