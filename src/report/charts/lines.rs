@@ -1,9 +1,8 @@
 //! Line charts: a metric against epochs, poison rate, fine-tuning steps...
 
-use super::fig_err;
+use super::{fig_err, padded_span, xy_chart};
 use crate::error::{Error, Result};
-use crate::report::font::FAMILY;
-use crate::report::style::{colour, LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_SIZE};
+use crate::report::style::colour;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -36,40 +35,13 @@ impl LineChart {
     }
 }
 
-fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-    if !lo.is_finite() {
-        return (0.0, 1.0);
-    }
-    if hi - lo < 1e-12 {
-        return (lo - 0.5, hi + 0.5);
-    }
-    let pad = 0.05 * (hi - lo);
-    (lo - pad, hi + pad)
-}
-
 pub(super) fn draw<DB: DrawingBackend>(c: &LineChart, area: &DrawingArea<DB, Shift>) -> Result<()> {
     if c.series.iter().all(|(_, p)| p.is_empty()) {
         return Err(Error::Figure("a line chart needs at least one point".into()));
     }
-    let xs = span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
-    let ys = c.y_range.unwrap_or_else(|| span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1))));
-    let mut chart = ChartBuilder::on(area)
-        .caption(&c.title, (FAMILY, TITLE_SIZE))
-        .margin(MARGIN)
-        .x_label_area_size(50)
-        .y_label_area_size(60)
-        .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
-        .map_err(fig_err)?;
-    chart
-        .configure_mesh()
-        .x_desc(&c.x_label)
-        .y_desc(&c.y_label)
-        .light_line_style(WHITE.mix(0.0))
-        .label_style((FAMILY, TICK_SIZE))
-        .axis_desc_style((FAMILY, LABEL_SIZE))
-        .draw()
-        .map_err(fig_err)?;
+    let xs = padded_span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
+    let ys = c.y_range.unwrap_or_else(|| padded_span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1))));
+    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys)?;
     for (s, (name, points)) in c.series.iter().enumerate() {
         let col = colour(s);
         chart

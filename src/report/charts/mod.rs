@@ -38,6 +38,49 @@ pub fn draw<DB: DrawingBackend>(chart: &Chart, area: &DrawingArea<DB, Shift>) ->
     }
 }
 
+/// The range of finite `values` with 5 % padding each side ((0, 1) when there are none).
+pub(crate) fn padded_span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    let pad = 0.05 * (hi - lo);
+    (lo - pad, hi + pad)
+}
+
+/// Numeric x/y axes with a title and axis names, in the common style.
+pub(crate) fn xy_chart<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    xs: (f64, f64),
+    ys: (f64, f64),
+) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>> {
+    use crate::report::font::FAMILY;
+    use crate::report::style::{LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_SIZE};
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FAMILY, TITLE_SIZE))
+        .margin(MARGIN)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
+        .map_err(fig_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .label_style((FAMILY, TICK_SIZE))
+        .axis_desc_style((FAMILY, LABEL_SIZE))
+        .draw()
+        .map_err(fig_err)?;
+    Ok(chart)
+}
+
 /// The legend every chart with series uses.
 pub(crate) fn draw_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Result<()>
 where

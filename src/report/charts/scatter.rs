@@ -1,10 +1,10 @@
 //! Scatter plots with a least-squares line and Pearson's r (transfer accuracy against source
 //! accuracy, and the like).
 
-use super::fig_err;
+use super::{fig_err, padded_span, xy_chart};
 use crate::error::{Error, Result};
 use crate::report::font::FAMILY;
-use crate::report::style::{colour, LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_SIZE};
+use crate::report::style::{colour, TICK_SIZE};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -55,13 +55,6 @@ impl ScatterChart {
     }
 }
 
-fn span(v: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
-    let lo = v.clone().fold(f64::INFINITY, f64::min);
-    let hi = v.fold(f64::NEG_INFINITY, f64::max);
-    let pad = if hi > lo { 0.08 * (hi - lo) } else { 0.5 };
-    (lo - pad, hi + pad)
-}
-
 pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, Shift>) -> Result<()> {
     if c.points.is_empty() || c.points.iter().any(|p| !p.0.is_finite() || !p.1.is_finite()) {
         return Err(Error::Figure("a scatter needs at least one point, all finite".into()));
@@ -69,24 +62,9 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
     if !c.labels.is_empty() && c.labels.len() != c.points.len() {
         return Err(Error::Figure(format!("{} labels for {} points", c.labels.len(), c.points.len())));
     }
-    let xs = span(c.points.iter().map(|p| p.0));
-    let ys = span(c.points.iter().map(|p| p.1));
-    let mut chart = ChartBuilder::on(area)
-        .caption(&c.title, (FAMILY, TITLE_SIZE))
-        .margin(MARGIN)
-        .x_label_area_size(50)
-        .y_label_area_size(60)
-        .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
-        .map_err(fig_err)?;
-    chart
-        .configure_mesh()
-        .x_desc(&c.x_label)
-        .y_desc(&c.y_label)
-        .light_line_style(WHITE.mix(0.0))
-        .label_style((FAMILY, TICK_SIZE))
-        .axis_desc_style((FAMILY, LABEL_SIZE))
-        .draw()
-        .map_err(fig_err)?;
+    let xs = padded_span(c.points.iter().map(|p| p.0));
+    let ys = padded_span(c.points.iter().map(|p| p.1));
+    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys)?;
     let (point_col, line_col) = (colour(0), colour(1));
     chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, point_col.filled()))).map_err(fig_err)?;
     for (p, l) in c.points.iter().zip(&c.labels) {
