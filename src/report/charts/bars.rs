@@ -66,9 +66,10 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
     let cats = c.categories.clone();
     // The legend gets its own column to the right, so it never covers a bar.
     let entries: Vec<(String, RGBColor)> = c.series.iter().enumerate().map(|(i, (n, _, _))| (n.clone(), colour(i))).collect();
-    let (plot_area, legend_area) = super::split_for_legend(area, &entries);
+    // The title spans the whole figure; the plot and the legend share what is below it.
+    let below_title = area.titled(&c.title, (FAMILY, TITLE_SIZE)).map_err(fig_err)?;
+    let (plot_area, legend_area) = super::split_for_legend(&below_title, &entries);
     let mut chart = ChartBuilder::on(&plot_area)
-        .caption(&c.title, (FAMILY, TITLE_SIZE))
         .margin(MARGIN)
         .x_label_area_size(40)
         .y_label_area_size(60)

@@ -102,9 +102,10 @@ pub(crate) fn split_for_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     entries: &[(String, RGBColor)],
 ) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
-    let longest = entries.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0) as u32;
-    // About 0.6 em per character at the tick font size, plus the swatch and margins.
-    let legend_w = (longest * crate::report::style::TICK_SIZE * 6 / 10 + 50).min(area.dim_in_pixel().0 / 2);
+    let font = TextStyle::from((crate::report::font::FAMILY, crate::report::style::TICK_SIZE).into_font());
+    let widest = entries.iter().filter_map(|(n, _)| area.estimate_text_size(n, &font).ok()).map(|(w, _)| w).max().unwrap_or(0);
+    // The swatch, the gap after it and a margin each side.
+    let legend_w = (widest + crate::report::style::TICK_SIZE + 28).min(area.dim_in_pixel().0 / 2);
     area.split_horizontally(area.dim_in_pixel().0 - legend_w)
 }
 
@@ -113,7 +114,7 @@ pub(crate) fn draw_side_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>
     let size = crate::report::style::TICK_SIZE as i32;
     let font = (crate::report::font::FAMILY, crate::report::style::TICK_SIZE).into_font();
     for (i, (name, col)) in entries.iter().enumerate() {
-        let y = 60 + i as i32 * (size + 10);
+        let y = 20 + i as i32 * (size + 10);
         area.draw(&Rectangle::new([(4, y), (4 + size, y + size)], col.filled())).map_err(fig_err)?;
         area.draw(&Text::new(name.clone(), (12 + size, y + 1), font.clone())).map_err(fig_err)?;
     }
