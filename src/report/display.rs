@@ -62,8 +62,8 @@ impl Table {
                     Ok(AnyValue::Float64(v)) => format!("{v:.4}"),
                     Ok(AnyValue::Float32(v)) => format!("{v:.4}"),
                     Ok(AnyValue::Null) => String::new(),
-                    Ok(AnyValue::String(s)) => s.to_string(),
-                    Ok(v) => v.to_string(),
+                    // str_value: strings unquoted, everything else as displayed.
+                    Ok(v) => v.str_value().into_owned(),
                     Err(_) => String::new(),
                 };
                 html.push_str(&format!("<td>{}</td>", escape(&cell)));
