@@ -63,7 +63,7 @@ fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> 
 /// Backward passes read their tensors this way rather than through another custom op: the
 /// result of a backward pass needs no graph of its own, and a closure can return several
 /// gradients where a custom op returns one tensor.
-fn with_f32<R>(t: &Tensor, op: &'static str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, op: &'static str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
