@@ -109,8 +109,11 @@ def main():
         cells = ", ".join(f"{t:.1f}" for t in timings)
         status = "FAILED" if failures else "ok"
         print(f"{path.name}: {status} in {elapsed:.1f}s (cell seconds: {cells})", flush=True)
-        for f in failures:
+        # A panic's backtrace arrives as many stderr chunks: the first lines say what happened.
+        for f in failures[:6]:
             print(f"  {f}", flush=True)
+        if len(failures) > 6:
+            print(f"  ... and {len(failures) - 6} more lines", flush=True)
         if bool(failures) != args.expect_failure:
             bad += 1
     ran = len(args.notebooks)
