@@ -60,5 +60,5 @@ bench:
     if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
     .venv-bench/bin/python -c "import torch" 2>/dev/null || .venv-bench/bin/pip install --quiet torch==2.15.0
     bin=$(cargo bench --profile dev --no-run --bench throughput --message-format=json \
-        | python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"" in l][-1])')
+        | python3 -c 'import json,sys; m=[json.loads(l) for l in sys.stdin]; print([j["executable"] for j in m if j.get("executable") and j["target"]["name"] == "throughput"][-1])')
     .venv-bench/bin/python benches/compare.py "$bin" .venv-bench/bin/python
