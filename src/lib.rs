@@ -4,8 +4,10 @@
 //! fine-tuning, distillation, pruning and updates: data, models, training, attacks, defences
 //! and analyses on candle, results as polars DataFrames, figures with plotters.
 
+pub mod analysis;
 pub mod attacks;
 pub mod data;
+pub mod defenses;
 pub mod error;
 pub mod fsutil;
 pub mod kernels;
@@ -25,14 +27,14 @@ pub use polars;
 /// Everything a notebook needs in one `use`.
 pub mod prelude {
     pub use crate::attacks::{
-        evaluate_backdoor, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
+        evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};
     pub use crate::models::{LoadMode, ModelSpec, Network};
     pub use crate::report::{
-        grid, load_table, save_table, BarChart, Chart, Figure, Heatmap, ImageGrid, LineChart, ScatterChart, Sweep, Table,
+        grid, load_table, save_table, BarChart, Chart, Figure, Heatmap, ImageGrid, LineChart, Outcome, ScatterChart, Sweep, Table,
     };
     pub use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
     pub use candle_core::Device;

@@ -7,6 +7,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Network;
 use crate::train::evaluate::{fraction_equal, predict};
+use crate::report::{BarChart, Chart, Figure};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 use serde::{Deserialize, Serialize};
 
@@ -70,4 +71,20 @@ pub fn metrics_table(rows: &[(String, BackdoorMetrics)]) -> Result<DataFrame> {
         Series::new("n_triggered".into(), rows.iter().map(|(_, m)| m.n_triggered as u64).collect::<Vec<_>>()).into(),
     ];
     Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// The standard results figure: CA, ASR and RA (in %) as grouped bars, one bar per named run.
+///
+/// ```
+/// use transferlab::attacks::{metrics_figure, BackdoorMetrics};
+/// let m = BackdoorMetrics { clean_accuracy: 0.98, attack_success_rate: 0.99, robust_accuracy: 0.01, n_clean: 100, n_triggered: 90 };
+/// let fig = metrics_figure("BadNets", &[("badnets".to_string(), m)]);
+/// assert!(fig.to_png().unwrap().len() > 100);
+/// ```
+pub fn metrics_figure(title: &str, rows: &[(String, BackdoorMetrics)]) -> Figure {
+    let chart = rows.iter().fold(
+        BarChart::new(title, "rate (%)", vec!["CA".into(), "ASR".into(), "RA".into()]).y_range(0.0, 105.0),
+        |c, (name, m)| c.series(name, vec![100.0 * m.clean_accuracy, 100.0 * m.attack_success_rate, 100.0 * m.robust_accuracy]),
+    );
+    Figure::new(Chart::Bars(chart))
 }

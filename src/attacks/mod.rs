@@ -5,6 +5,6 @@ mod metrics;
 mod poison;
 mod trigger;
 
-pub use metrics::{evaluate_backdoor, metrics_table, BackdoorMetrics};
+pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};

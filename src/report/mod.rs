@@ -4,6 +4,7 @@
 pub mod charts;
 mod display;
 mod figure;
+mod outcome;
 pub mod font;
 pub mod style;
 mod sweep;
@@ -12,5 +13,6 @@ mod table;
 pub use display::Table;
 pub use charts::{BarChart, Chart, Heatmap, ImageGrid, LineChart, ScatterChart};
 pub use figure::{Figure, DEFAULT_SIZE};
+pub use outcome::Outcome;
 pub use sweep::{grid, Sweep, SweepConfig};
 pub use table::{load_table, save_table};

@@ -1,0 +1,1 @@
+//! Transfer and dataset analyses, one file per paper.
