@@ -1,1 +1,4 @@
 //! Transfer and dataset analyses, one file per paper.
+
+// Dataset and model debugging (issue 10).
+pub mod svm;
