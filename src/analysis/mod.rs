@@ -2,3 +2,4 @@
 
 // Dataset and model debugging (issue 10).
 pub mod svm;
+pub mod failure_directions;

@@ -40,4 +40,5 @@ pub use synthetic::{
     class_names as synthetic_class_names, generate, Spurious, SpuriousKind, Subgroup, SubgroupKind,
     SyntheticConfig, GROUP_SPURIOUS, GROUP_SUBGROUP,
 };
+pub use synthetic::{foreground_mask, object_box};
 pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};

@@ -25,6 +25,9 @@ pub enum SpuriousKind {
     CornerPatch,
     /// The background is tinted orange (an even mix of its colour and orange).
     BackgroundTint,
+    /// A second, co-occurring object: a yellow disc of diameter `size / 4` (at least 3
+    /// pixels) in a random corner, drawn over the main object. [`object_box`] says where.
+    Object,
 }
 
 /// A feature that co-occurs with one class: `rate` of that class's samples carry it, and
@@ -141,7 +144,7 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
     let mut pixels = vec![0f32; n * per];
     pixels.par_chunks_mut(per).enumerate().for_each(|(i, img)| {
         let mut r = rng::stream_at(cfg.seed, "data/synthetic/sample", i as u64);
-        render(img, s, i / spc, groups[i], cfg, &mut r);
+        render(img, s, i, i / spc, groups[i], cfg, &mut r);
     });
     let labels = (0..n).map(|i| (i / spc) as u32).collect();
     let mut ds = Dataset::new(pixels, (3, s, s), labels, class_names(nc))?;
@@ -149,6 +152,43 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
         ds.attributes.group = Some(groups);
     }
     Ok(ds)
+}
+
+/// Where the [`SpuriousKind::Object`] of sample `index` of [`generate`]`(cfg)` is (or would be
+/// drawn): `(x, y, side)` of its bounding square, in pixels. Drawn from its own random
+/// stream, so it can be recomputed for any sample (after `select`, use
+/// `attributes.source_index` to find the original index).
+///
+/// ```
+/// use transferlab::data::{generate, object_box, Spurious, SpuriousKind, SyntheticConfig};
+/// let cfg = SyntheticConfig { num_classes: 2, samples_per_class: 4, size: 16,
+///     spurious: Some(Spurious::new(0, 1.0, SpuriousKind::Object)), ..Default::default() };
+/// let (x, y, side) = object_box(&cfg, 0);
+/// assert_eq!(side, 4);
+/// assert!(x + side <= 16 && y + side <= 16);
+/// ```
+pub fn object_box(cfg: &SyntheticConfig, index: usize) -> (usize, usize, usize) {
+    let s = cfg.size;
+    let side = (s / 4).max(3).min(s);
+    let mut r = rng::stream_at(cfg.seed, "data/synthetic/object", index as u64);
+    let corner: u32 = r.random_range(0..4);
+    let jitter = (s / 16).max(1);
+    let (jx, jy): (usize, usize) = (r.random_range(0..=jitter), r.random_range(0..=jitter));
+    let x = if corner % 2 == 0 { jx } else { s - side - jx };
+    let y = if corner / 2 == 0 { jy } else { s - side - jy };
+    (x, y, side)
+}
+
+/// The main object's pixels (coverage above one half) of sample `index` of
+/// [`generate`]`(cfg)`, as an `H * W` mask: the "person" of person-removed and
+/// background-removed views. Recomputed from the sample's random stream, so it matches the
+/// rendered image exactly.
+pub fn foreground_mask(cfg: &SyntheticConfig, index: usize) -> Vec<bool> {
+    let mut r = rng::stream_at(cfg.seed, "data/synthetic/sample", index as u64);
+    let p = Params::draw(&mut r);
+    let s = cfg.size;
+    let shape = (index / cfg.samples_per_class) % SHAPES.len();
+    (0..s * s).map(|i| p.cover(shape, i % s, i / s, s) > 0.5).collect()
 }
 
 /// The class names [`generate`] uses for `n` classes.
@@ -276,22 +316,60 @@ fn texture_on(k: usize, u: f32, v: f32, freq: f32, phase: f32) -> bool {
     }
 }
 
-fn render(img: &mut [f32], s: usize, class: usize, group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
-    // Draw every parameter up front, in a fixed order, so rendering choices never shift the
-    // random sequence.
-    let bg_level: f32 = r.random_range(0.25..0.55);
-    let bg_jitter: [f32; 3] = [r.random_range(-0.05..0.05), r.random_range(-0.05..0.05), r.random_range(-0.05..0.05)];
-    let grad_angle: f32 = r.random_range(0.0..2.0 * PI);
-    let grad: f32 = r.random_range(0.0..0.12);
-    let (cx, cy): (f32, f32) = (0.5 + r.random_range(-0.12..0.12), 0.5 + r.random_range(-0.12..0.12));
-    let radius: f32 = r.random_range(0.22..0.32);
-    let angle: f32 = r.random_range(-0.35..0.35);
-    let hue_jitter: f32 = r.random_range(-0.05..0.05);
-    let sat: f32 = r.random_range(0.55..0.9);
-    let val: f32 = r.random_range(0.65..1.0);
-    let freq: f32 = r.random_range(2.5..3.5);
-    let phase: f32 = r.random_range(0.0..2.0 * PI);
+/// Every random parameter of one sample, drawn up front in a fixed order so rendering
+/// choices never shift the random sequence (and masks can be recomputed).
+struct Params {
+    bg_level: f32,
+    bg_jitter: [f32; 3],
+    grad_angle: f32,
+    grad: f32,
+    cx: f32,
+    cy: f32,
+    radius: f32,
+    angle: f32,
+    hue_jitter: f32,
+    sat: f32,
+    val: f32,
+    freq: f32,
+    phase: f32,
+}
 
+impl Params {
+    fn draw(r: &mut SeededRng) -> Self {
+        let bg_level: f32 = r.random_range(0.25..0.55);
+        let bg_jitter: [f32; 3] = [r.random_range(-0.05..0.05), r.random_range(-0.05..0.05), r.random_range(-0.05..0.05)];
+        let grad_angle: f32 = r.random_range(0.0..2.0 * PI);
+        let grad: f32 = r.random_range(0.0..0.12);
+        let (cx, cy): (f32, f32) = (0.5 + r.random_range(-0.12..0.12), 0.5 + r.random_range(-0.12..0.12));
+        let radius: f32 = r.random_range(0.22..0.32);
+        let angle: f32 = r.random_range(-0.35..0.35);
+        let hue_jitter: f32 = r.random_range(-0.05..0.05);
+        let sat: f32 = r.random_range(0.55..0.9);
+        let val: f32 = r.random_range(0.65..1.0);
+        let freq: f32 = r.random_range(2.5..3.5);
+        let phase: f32 = r.random_range(0.0..2.0 * PI);
+        Self { bg_level, bg_jitter, grad_angle, grad, cx, cy, radius, angle, hue_jitter, sat, val, freq, phase }
+    }
+
+    /// Pixel (x, y) in the object's rotated frame.
+    fn local(&self, x: usize, y: usize, s: usize) -> (f32, f32) {
+        let sf = s as f32;
+        let (dx, dy) = ((x as f32 + 0.5) / sf - self.cx, (y as f32 + 0.5) / sf - self.cy);
+        let (ca, sa) = (self.angle.cos(), self.angle.sin());
+        (ca * dx + sa * dy, -sa * dx + ca * dy)
+    }
+
+    /// Coverage of pixel (x, y) by shape `k`: from the signed distance in pixels, so edges
+    /// are antialiased.
+    fn cover(&self, k: usize, x: usize, y: usize, s: usize) -> f32 {
+        let (lx, ly) = self.local(x, y, s);
+        (0.5 - shape_sdf(k, lx, ly, self.radius) * s as f32).clamp(0.0, 1.0)
+    }
+}
+
+fn render(img: &mut [f32], s: usize, index: usize, class: usize, group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
+    let p = Params::draw(r);
+    let Params { bg_level, bg_jitter, grad_angle, grad, hue_jitter, sat, val, freq, phase, .. } = p;
     let shape = class % SHAPES.len();
     let mut texture = class % TEXTURES.len();
     let mut hue = class_hue(class);
@@ -311,18 +389,15 @@ fn render(img: &mut [f32], s: usize, class: usize, group: u32, cfg: &SyntheticCo
             bg[ch] = 0.5 * bg[ch] + 0.5 * tint[ch];
         }
     }
-    let (ca, sa) = (angle.cos(), angle.sin());
     let (gx, gy) = (grad_angle.cos() * grad, grad_angle.sin() * grad);
     let plane = s * s;
     let sf = s as f32;
     for y in 0..s {
         for x in 0..s {
             let (nx, ny) = ((x as f32 + 0.5) / sf, (y as f32 + 0.5) / sf);
-            let (dx, dy) = (nx - cx, ny - cy);
-            let (lx, ly) = (ca * dx + sa * dy, -sa * dx + ca * dy);
-            // Coverage from the signed distance in pixels gives antialiased edges.
-            let cover = (0.5 - shape_sdf(shape, lx, ly, radius) * sf).clamp(0.0, 1.0);
-            let on = texture_on(texture, lx / radius, ly / radius, freq, phase);
+            let (lx, ly) = p.local(x, y, s);
+            let cover = p.cover(shape, x, y, s);
+            let on = texture_on(texture, lx / p.radius, ly / p.radius, freq, phase);
             let shade = if on { 1.0 } else { 0.45 };
             let g = gx * (nx - 0.5) + gy * (ny - 0.5);
             let p = y * s + x;
@@ -338,6 +413,21 @@ fn render(img: &mut [f32], s: usize, class: usize, group: u32, cfg: &SyntheticCo
         for ch in 0..3 {
             for y in 0..side {
                 img[ch * plane + y * s..ch * plane + y * s + side].fill(magenta[ch]);
+            }
+        }
+    }
+    if spurious == Some(SpuriousKind::Object) {
+        let (ox, oy, side) = object_box(cfg, index);
+        let rad = side as f32 / 2.0;
+        let yellow = [1.0, 0.85, 0.1];
+        for y in oy..oy + side {
+            for x in ox..ox + side {
+                let (dx, dy) = (x as f32 + 0.5 - ox as f32 - rad, y as f32 + 0.5 - oy as f32 - rad);
+                let cover = (rad + 0.5 - (dx * dx + dy * dy).sqrt()).clamp(0.0, 1.0);
+                for ch in 0..3 {
+                    let v = &mut img[ch * plane + y * s + x];
+                    *v = *v * (1.0 - cover) + yellow[ch] * cover;
+                }
             }
         }
     }
@@ -364,6 +454,31 @@ mod tests {
             };
             assert!(shape_sdf(k, x, y, 0.25) < 0.0, "shape {k} misses its body");
         }
+    }
+
+    #[test]
+    fn object_changes_only_its_box_and_masks_match_the_shape() {
+        let base = SyntheticConfig { num_classes: 2, samples_per_class: 3, size: 16, ..Default::default() };
+        let with = SyntheticConfig { spurious: Some(Spurious::new(0, 1.0, SpuriousKind::Object)), ..base.clone() };
+        let (a, b) = (generate(&base).unwrap(), generate(&with).unwrap());
+        for i in 0..3 {
+            let (ox, oy, side) = object_box(&with, i);
+            let mut changed_inside = 0;
+            for (k, (u, v)) in a.image(i).iter().zip(b.image(i)).enumerate() {
+                let (x, y) = (k % 16, (k / 16) % 16);
+                let inside = x >= ox && x < ox + side && y >= oy && y < oy + side;
+                if inside {
+                    changed_inside += (u != v) as usize;
+                } else {
+                    assert_eq!(u, v, "pixel {k} outside the object's box changed");
+                }
+            }
+            assert!(changed_inside > 3 * side);
+        }
+        // The mask covers the shape: its pixels differ from the background on average.
+        let m = foreground_mask(&base, 0);
+        let fg = m.iter().filter(|&&v| v).count();
+        assert!(fg > 10 && fg < 200, "{fg} foreground pixels");
     }
 
     #[test]
