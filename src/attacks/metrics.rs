@@ -88,3 +88,43 @@ pub fn metrics_figure(title: &str, rows: &[(String, BackdoorMetrics)]) -> Figure
     );
     Figure::new(Chart::Bars(chart))
 }
+
+/// BackdoorBench's defence effectiveness rate: `[max(0, ΔASR) - max(0, ΔCA) + 1] / 2`, where
+/// `ΔASR = ASR_before - ASR_after` and `ΔCA = CA_before - CA_after`. 1 removes the whole
+/// backdoor at no cost in clean accuracy; 0.5 changes nothing; below 0.5 the defence costs
+/// more accuracy than it removes ASR.
+///
+/// ```
+/// use transferlab::attacks::{defence_effectiveness_rate, BackdoorMetrics};
+/// let m = |ca, asr| BackdoorMetrics { clean_accuracy: ca, attack_success_rate: asr, robust_accuracy: 0.0, n_clean: 1, n_triggered: 1 };
+/// assert!((defence_effectiveness_rate(&m(0.9, 1.0), &m(0.9, 0.0)) - 1.0).abs() < 1e-12);
+/// assert!((defence_effectiveness_rate(&m(0.9, 1.0), &m(0.8, 1.0)) - 0.45).abs() < 1e-12);
+/// // A defence that raises accuracy is not rewarded for it.
+/// assert!((defence_effectiveness_rate(&m(0.9, 0.5), &m(0.95, 0.5)) - 0.5).abs() < 1e-12);
+/// ```
+pub fn defence_effectiveness_rate(before: &BackdoorMetrics, after: &BackdoorMetrics) -> f64 {
+    let d_asr = before.attack_success_rate - after.attack_success_rate;
+    let d_ca = before.clean_accuracy - after.clean_accuracy;
+    (d_asr.max(0.0) - d_ca.max(0.0) + 1.0) / 2.0
+}
+
+/// The defence results table: [`metrics_table`]'s columns for the undefended model (first
+/// row) and each defended one, plus `der` (the [`defence_effectiveness_rate`] against the
+/// first row; null on the first row itself).
+///
+/// ```
+/// use transferlab::attacks::{defence_table, BackdoorMetrics};
+/// let m = |ca, asr| BackdoorMetrics { clean_accuracy: ca, attack_success_rate: asr, robust_accuracy: 0.0, n_clean: 100, n_triggered: 90 };
+/// let df = defence_table(&("BadNets".to_string(), m(0.95, 0.99)), &[("fine-tuning".to_string(), m(0.93, 0.02))]).unwrap();
+/// assert_eq!(df.height(), 2);
+/// assert_eq!(df.get_column_names().last().unwrap().as_str(), "der");
+/// ```
+pub fn defence_table(before: &(String, BackdoorMetrics), after: &[(String, BackdoorMetrics)]) -> Result<DataFrame> {
+    let mut rows = vec![before.clone()];
+    rows.extend(after.iter().cloned());
+    let mut df = metrics_table(&rows)?;
+    let der: Vec<Option<f64>> =
+        std::iter::once(None).chain(after.iter().map(|(_, m)| Some(defence_effectiveness_rate(&before.1, m)))).collect();
+    df.with_column(Series::new("der".into(), der).into())?;
+    Ok(df)
+}

@@ -6,5 +6,6 @@ mod poison;
 mod trigger;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};

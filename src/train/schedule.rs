@@ -64,6 +64,34 @@ impl LrSchedule {
         LrSchedule::OneCycle { max, epochs, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 }
     }
 
+    /// Two phases of triangular cycles (super-fine-tuning, Sha et al. 2022): over the first
+    /// half of `epochs`, cycles base -> `max1` -> base; over the second half, base -> `max2` ->
+    /// base (`max2 < max1`), each cycle `cycle_epochs` long. A phase shorter than a cycle is
+    /// one compressed cycle. Built as a [`LrSchedule::Piecewise`] so it prints and
+    /// fingerprints like any other schedule.
+    ///
+    /// ```
+    /// use transferlab::train::LrSchedule;
+    /// let s = LrSchedule::two_phase_cyclic(1e-4, 0.1, 0.01, 2.0, 8.0);
+    /// assert!((s.lr_at(1.0) - 0.1).abs() < 1e-12);   // peak of the first phase's first cycle
+    /// assert!((s.lr_at(4.0) - 1e-4).abs() < 1e-12);  // the phases meet at the base rate
+    /// assert!((s.lr_at(5.0) - 0.01).abs() < 1e-12);  // peak of the second phase's first cycle
+    /// ```
+    pub fn two_phase_cyclic(base: f64, max1: f64, max2: f64, cycle_epochs: f64, epochs: f64) -> Self {
+        let half = epochs / 2.0;
+        let mut points = vec![(0.0, base)];
+        for (start, peak) in [(0.0, max1), (half, max2)] {
+            let cycles = (half / cycle_epochs).round().max(1.0) as usize;
+            let len = half / cycles as f64;
+            for c in 0..cycles {
+                let t0 = start + c as f64 * len;
+                points.push((t0 + len / 2.0, peak));
+                points.push((t0 + len, base));
+            }
+        }
+        LrSchedule::Piecewise { points }
+    }
+
     /// The learning rate after `epoch` epochs of training (fractional).
     pub fn lr_at(&self, epoch: f64) -> f64 {
         match self {
