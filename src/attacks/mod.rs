@@ -2,9 +2,11 @@
 //! reports.
 
 mod metrics;
+pub mod neuba;
 mod poison;
 mod trigger;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
+pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};
