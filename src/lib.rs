@@ -29,6 +29,7 @@ pub mod prelude {
     pub use crate::attacks::{
         evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };
+    pub use crate::attacks::{NeubaConfig, NeubaResult};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

@@ -2,6 +2,7 @@
 //! reports.
 
 mod metrics;
+pub mod neuba;
 mod poison;
 mod trigger;
 
@@ -9,3 +10,4 @@ pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetr
 pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
+pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};
