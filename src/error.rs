@@ -64,6 +64,10 @@ pub enum Error {
     #[error("table operation failed: {0}")]
     Polars(#[from] polars::prelude::PolarsError),
 
+    /// Fetching from the Hugging Face hub (or its cache) failed.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+
     /// Rendering a figure failed.
     #[error("figure rendering failed: {0}")]
     Figure(String),

@@ -10,6 +10,7 @@ pub mod data;
 pub mod defenses;
 pub mod error;
 pub mod fsutil;
+pub mod hub;
 pub mod kernels;
 pub mod models;
 pub mod report;

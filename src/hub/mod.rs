@@ -1,0 +1,26 @@
+//! Hugging Face hub access, offline-first: models and datasets by hub id, cached in the
+//! standard cache that Python's huggingface_hub shares.
+//!
+//! - [`HubConfig`]: `HF_HOME` / `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`.
+//! - [`Hub::get`]: a cached file is used without touching the network; otherwise it is
+//!   downloaded (progress shown, resumed after a dropped connection, verified against the
+//!   hub's sha256/git-sha1 etag) into `models--org--name/{blobs,snapshots,refs}`.
+//! - [`LoopbackHub`]: a local hub for tests and notebooks.
+//!
+//! Why not the `hf-hub` crate: its 1.0 release is async (tokio + reqwest + hf-xet), a large
+//! build for what is four HTTP requests; this module does the same protocol over `ureq`
+//! (rustls, no OpenSSL) and keeps the cache layout byte-compatible with Python.
+
+mod cache;
+mod config;
+mod download;
+mod error;
+mod loopback;
+mod repo;
+
+pub use cache::RepoCache;
+pub use config::{HubConfig, DEFAULT_ENDPOINT};
+pub use download::{git_sha1_hex, sha256_hex, FileMeta, Hub, RepoInfo};
+pub use error::HubError;
+pub use loopback::{Fault, LoopbackHub, LFS_THRESHOLD};
+pub use repo::{is_commit, Repo, RepoKind};
