@@ -75,7 +75,7 @@ pub fn last_conv_layout(net: &Network) -> Result<(usize, usize)> {
     match &net.spec().arch {
         Arch::ConvNet { width, .. } => Ok((*width, d / width)),
         Arch::SmallCnn => Ok((128, d / 128)),
-        Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 => Ok((d, 1)),
+        Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 | Arch::ResNetV2 { .. } => Ok((d, 1)),
         Arch::Mlp { .. } => Err(Error::invalid(
             "model for fine-pruning",
             "an MLP has no convolutional layers to prune; fine-pruning needs a CNN (convnet, cnn3, a ResNet); use fine_tuning instead",
