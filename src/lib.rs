@@ -29,6 +29,8 @@ pub mod prelude {
     pub use crate::attacks::{
         evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };
+    pub use crate::attacks::{poisoning, PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
+    pub use crate::attacks::{watermark, Removal, WatermarkConfig, WatermarkResult};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

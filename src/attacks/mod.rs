@@ -4,7 +4,11 @@
 mod metrics;
 mod poison;
 mod trigger;
+pub mod poisoning;
+pub mod watermark;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
+pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
+pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
