@@ -31,6 +31,10 @@ pub mod prelude {
         evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };
     pub use crate::attacks::{NeubaConfig, NeubaResult};
+    pub use crate::attacks::{poisoning, PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
+    pub use crate::attacks::{watermark, Removal, WatermarkConfig, WatermarkResult};
+    pub use crate::attacks::{architectural, ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
+    pub use crate::models::{Injection, TriggerDetector};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

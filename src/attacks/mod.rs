@@ -5,9 +5,15 @@ mod metrics;
 pub mod neuba;
 mod poison;
 mod trigger;
+pub mod poisoning;
+pub mod watermark;
+pub mod architectural;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
 pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};
+pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
+pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
+pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};

@@ -6,6 +6,7 @@
 
 pub mod init;
 pub mod layers;
+mod backdoored;
 mod badnets_cnn;
 mod cifar_resnet;
 mod convnet;
@@ -19,6 +20,7 @@ mod spec;
 
 use resnet::BlockKind;
 
+pub use backdoored::{checkerboard_response, Injection, TriggerDetector};
 pub use network::{is_buffer, LoadMode, Network};
 pub use spec::{Arch, ModelSpec, Norm, MODEL_NAMES};
 
@@ -33,6 +35,11 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor>;
     /// Width of the features.
     fn feature_dim(&self) -> usize;
+    /// Something added to the logits by the architecture itself (an architectural backdoor's
+    /// path from input to output); none for ordinary architectures.
+    fn logit_offset(&self, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Build the body of `spec`'s architecture from `vb` (parameter names relative to its root).
@@ -48,6 +55,10 @@ pub fn build_body(spec: &ModelSpec, vb: VarBuilder) -> Result<Arc<dyn Body>> {
         Arch::ResNet50 => Arc::new(resnet::ResNetBody::new(spec.input.0, BlockKind::Bottleneck, [3, 4, 6, 3], vb)?),
         Arch::ResNetV2 { stem, widths, depths, groups } => {
             Arc::new(resnetv2::ResNetV2Body::new(spec.input.0, *stem, widths, depths, *groups, vb)?)
+        }
+        Arch::Backdoored { base, detector } => {
+            let inner = build_body(&ModelSpec { arch: (**base).clone(), ..spec.clone() }, vb)?;
+            Arc::new(backdoored::BackdooredBody::new(inner, *detector, spec.num_classes))
         }
     })
 }

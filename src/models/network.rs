@@ -84,7 +84,11 @@ impl Network {
     /// fixed-feature fine-tuning leaves the features exactly as they were.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let f = self.features(x, train)?;
-        Ok(self.head.forward(&f)?)
+        let logits = self.head.forward(&f)?;
+        Ok(match self.body.logit_offset(x)? {
+            Some(offset) => (logits + offset)?,
+            None => logits,
+        })
     }
 
     /// Penultimate features (N, feature_dim).
@@ -268,6 +272,7 @@ pub fn is_buffer(name: &str) -> bool {
 
 fn init_scheme(arch: &Arch) -> InitScheme {
     match arch {
+        Arch::Backdoored { base, .. } => init_scheme(base),
         Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 => InitScheme::KaimingNormalFanOut,
         Arch::ResNetV2 { .. } => InitScheme::KaimingNormalFanOut,
         _ => InitScheme::TorchDefault,

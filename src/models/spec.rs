@@ -1,5 +1,6 @@
 //! What a model is, by name: architecture, input shape and number of classes.
 
+use super::backdoored::{Injection, TriggerDetector};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,9 @@ pub enum Arch {
     /// `stem` stem channels, stage output `widths` (bottleneck width a quarter of each),
     /// `depths` blocks per stage, `groups` GroupNorm groups.
     ResNetV2 { stem: usize, widths: Vec<usize>, depths: Vec<usize>, groups: usize },
+    /// `base` with a parameter-free trigger detector hidden inside (Bober-Irizar et al. 2022,
+    /// see [`TriggerDetector`]); same parameters and names as `base`.
+    Backdoored { base: Box<Arch>, detector: TriggerDetector },
 }
 
 /// A model: architecture, input image shape (C, H, W) and number of classes.
@@ -126,6 +130,9 @@ impl ModelSpec {
 
     /// The name of the classification head's parameter prefix.
     pub fn head_name(&self) -> &'static str {
+        if let Arch::Backdoored { base, .. } = &self.arch {
+            return ModelSpec { arch: (**base).clone(), ..self.clone() }.head_name();
+        }
         match self.arch {
             Arch::Mlp { .. } => "head",
             Arch::ConvNet { .. } => "classifier",
@@ -134,11 +141,29 @@ impl ModelSpec {
             Arch::CifarResNet { .. } | Arch::PreActResNet18 => "linear",
             Arch::ResNet18 | Arch::ResNet50 => "fc",
             Arch::ResNetV2 { .. } => "head.fc",
+            Arch::Backdoored { .. } => unreachable!("handled above"),
         }
     }
 
     fn check_input(&self) -> Result<()> {
         let (_, h, w) = self.input;
+        if let Arch::Backdoored { base, detector } = &self.arch {
+            if detector.size < 2 || detector.size > h.min(w) {
+                return Err(Error::invalid(
+                    "trigger detector",
+                    format!("a {0}x{0} checkerboard does not fit {h}x{w} images; use a size in 2..={1}", detector.size, h.min(w)),
+                ));
+            }
+            if let Injection::Logits { target } = detector.injection {
+                if target as usize >= self.num_classes {
+                    return Err(Error::invalid(
+                        "target class",
+                        format!("{target} does not exist: the model has {} classes (0..{})", self.num_classes, self.num_classes - 1),
+                    ));
+                }
+            }
+            return ModelSpec { arch: (**base).clone(), ..self.clone() }.check_input();
+        }
         let min = match self.arch {
             Arch::Mlp { .. } => 1,
             Arch::ConvNet { depth, .. } => 1 << depth,
@@ -168,6 +193,7 @@ impl ModelSpec {
                 }
                 16
             }
+            Arch::Backdoored { .. } => unreachable!("handled above"),
         };
         if h < min || w < min {
             return Err(Error::invalid(
