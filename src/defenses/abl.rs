@@ -32,8 +32,14 @@ pub struct AblConfig {
     pub clean_epochs: usize,
     /// Keep the LGA loss while training on the rest (instead of plain cross-entropy).
     pub clean_phase_lga: bool,
+    /// At most this many unlearning epochs.
     pub unlearning_epochs: usize,
     pub unlearning_lr: f64,
+    /// Stop unlearning once the model's accuracy on the isolated samples (their poisoned
+    /// labels) is at most this; `None` runs every epoch as the paper does. Gradient ascent
+    /// has no floor, and on a small isolated set the step after the backdoor breaks can
+    /// also break the model, so stopping on this defender-side signal keeps clean accuracy.
+    pub stop_at_isolated_accuracy: Option<f64>,
     /// The rate of the isolation and clean-training phases (cosine to 0 over the latter).
     pub lr: f64,
     pub batch_size: usize,
@@ -54,6 +60,7 @@ impl Default for AblConfig {
             clean_phase_lga: false,
             unlearning_epochs: 5,
             unlearning_lr: 0.01,
+            stop_at_isolated_accuracy: None,
             lr: 0.05,
             batch_size: 64,
             optimizer: OptimizerConfig::sgd_momentum(),
@@ -225,8 +232,21 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
 
     // Phase 3: unlearn the isolated samples.
     let iso = train_set.select(&isolated)?;
-    let ucfg = cfg.phase(cfg.unlearning_epochs, LrSchedule::Constant { lr: cfg.unlearning_lr }, 2);
-    train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
+    match cfg.stop_at_isolated_accuracy {
+        None => {
+            let ucfg = cfg.phase(cfg.unlearning_epochs, LrSchedule::Constant { lr: cfg.unlearning_lr }, 2);
+            train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
+        }
+        Some(level) => {
+            for e in 0..cfg.unlearning_epochs {
+                if crate::train::accuracy(&net, &iso)? <= level {
+                    break;
+                }
+                let ucfg = cfg.phase(1, LrSchedule::Constant { lr: cfg.unlearning_lr }, 100 + e as u64);
+                train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
+            }
+        }
+    }
     stages.push(("ABL: unlearned".to_string(), probe.measure(&net)?));
 
     let (precision, recall) = match &train_set.attributes.poisoned {

@@ -318,6 +318,11 @@ impl Outcome for NeuralCleanseResult {
 pub fn neural_cleanse(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> Result<NeuralCleanseResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
+    // A private copy: its variables get tensor ids from the caller's current id counter, so
+    // the backward pass cannot confuse them with the mask and pattern (in evcxr every cell
+    // has its own copy of candle's counter, and a model made in an earlier cell can share ids
+    // with tensors made now).
+    let net = &net.duplicate()?;
     let k = net.spec().num_classes;
     let images = images_of(clean, None, net.device())?;
     let progress = Progress::new("neural cleanse", k as u64, cfg.progress);
@@ -389,6 +394,7 @@ impl Outcome for NaturalBackdoorResult {
 pub fn scan_label_pairs(net: &Network, clean: &Dataset, pairs: Option<&[(u32, u32)]>, cfg: &InversionConfig) -> Result<NaturalBackdoorResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
+    let net = &net.duplicate()?; // see neural_cleanse
     let k = net.spec().num_classes as u32;
     let all: Vec<(u32, u32)> = match pairs {
         Some(p) => p.to_vec(),
