@@ -4,6 +4,7 @@
 
 use super::probe::{check_data, BackdoorProbe};
 use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Network;
@@ -33,6 +34,9 @@ pub struct FineTuningConfig {
     pub max_lr2: f64,
     /// Length of one triangular cycle, in epochs.
     pub cycle_epochs: f64,
+    /// Augmentation while fine-tuning (the paper fine-tunes with its training augmentation;
+    /// none by default here because the right crop size depends on the image size).
+    pub augment: Augment,
     pub seed: u64,
     pub progress: ProgressMode,
 }
@@ -48,6 +52,7 @@ impl Default for FineTuningConfig {
             max_lr1: 0.1,
             max_lr2: 0.01,
             cycle_epochs: 2.0,
+            augment: Augment::none(),
             seed: 0,
             progress: ProgressMode::Hidden,
         }
@@ -97,6 +102,7 @@ impl FineTuningConfig {
             batch_size: self.batch_size,
             optimizer: self.optimizer.clone(),
             schedule,
+            augment: self.augment,
             seed: self.seed,
             progress: self.progress,
             ..TrainConfig::default()

@@ -5,9 +5,15 @@
 //! target) scores them, so every attack that is a trigger and a target plugs in.
 
 mod probe;
-pub mod fine_tuning;
+pub mod abl;
 pub mod fine_pruning;
+pub mod fine_tuning;
+pub mod survival;
+pub mod trigger_inversion;
 
 pub use probe::{check_data, BackdoorProbe};
-pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
+pub use abl::{AblConfig, AblResult};
 pub use fine_pruning::{FinePruningConfig, FinePruningResult};
+pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
+pub use survival::{SurvivalConfig, SurvivalResult};
+pub use trigger_inversion::{InversionConfig, NaturalBackdoorResult, NeuralCleanseResult};
