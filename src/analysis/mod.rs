@@ -3,3 +3,4 @@
 // Dataset and model debugging (issue 10).
 pub mod svm;
 pub mod failure_directions;
+pub mod spurious_patterns;
