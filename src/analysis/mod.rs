@@ -4,3 +4,5 @@
 pub mod svm;
 pub mod failure_directions;
 pub mod spurious_patterns;
+pub mod dataset_artifacts;
+pub mod natural_backdoor_datasets;
