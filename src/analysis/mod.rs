@@ -3,3 +3,6 @@
 // Dataset and model debugging (issue 10).
 pub mod svm;
 pub mod failure_directions;
+pub mod spurious_patterns;
+pub mod dataset_artifacts;
+pub mod natural_backdoor_datasets;
