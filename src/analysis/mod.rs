@@ -1,1 +1,5 @@
 //! Transfer and dataset analyses, one file per paper.
+
+// Transfer analyses (issue 9).
+pub mod bias_transfer;
+pub use bias_transfer::{BiasTransferConfig, BiasTransferResult};
