@@ -3,3 +3,6 @@
 // Transfer analyses (issue 9).
 pub mod bias_transfer;
 pub use bias_transfer::{BiasTransferConfig, BiasTransferResult};
+pub mod logistic;
+pub mod linear_probe;
+pub use linear_probe::{LinearProbeConfig, LinearProbeResult};
