@@ -6,3 +6,10 @@ pub mod failure_directions;
 pub mod spurious_patterns;
 pub mod dataset_artifacts;
 pub mod natural_backdoor_datasets;
+
+// Transfer analyses (issue 9).
+pub mod bias_transfer;
+pub use bias_transfer::{BiasTransferConfig, BiasTransferResult};
+pub mod logistic;
+pub mod linear_probe;
+pub use linear_probe::{LinearProbeConfig, LinearProbeResult};

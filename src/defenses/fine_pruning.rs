@@ -71,8 +71,13 @@ impl FinePruningConfig {
 /// Fine-pruning needs the features to be the last conv layer's output (flattened or pooled),
 /// so that a channel can be removed by zeroing its features before the head.
 pub fn last_conv_layout(net: &Network) -> Result<(usize, usize)> {
-    let d = net.feature_dim();
-    match &net.spec().arch {
+    layout_of(&net.spec().arch, net.feature_dim())
+}
+
+fn layout_of(arch: &Arch, d: usize) -> Result<(usize, usize)> {
+    match arch {
+        // The hidden detector only adds to the logits: the features are the base's.
+        Arch::Backdoored { base, .. } => layout_of(base, d),
         Arch::ConvNet { width, .. } => Ok((*width, d / width)),
         Arch::SmallCnn => Ok((128, d / 128)),
         Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 | Arch::ResNetV2 { .. } => Ok((d, 1)),
