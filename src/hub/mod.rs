@@ -24,3 +24,5 @@ pub use download::{git_sha1_hex, sha256_hex, FileMeta, Hub, RepoInfo};
 pub use error::HubError;
 pub use loopback::{Fault, LoopbackHub, LFS_THRESHOLD};
 pub use repo::{is_commit, Repo, RepoKind};
+mod datasets;
+pub use datasets::{fetch_split, load_dataset, parse_card_features, split_files, DatasetRequest, Feature, HUB_DATASETS};
