@@ -14,6 +14,7 @@ mod network;
 mod small_cnn;
 mod preact_resnet;
 mod resnet;
+mod resnetv2;
 mod spec;
 
 use resnet::BlockKind;
@@ -45,5 +46,8 @@ pub fn build_body(spec: &ModelSpec, vb: VarBuilder) -> Result<Arc<dyn Body>> {
         Arch::PreActResNet18 => Arc::new(preact_resnet::PreActResNet18Body::new(spec.input.0, vb)?),
         Arch::ResNet18 => Arc::new(resnet::ResNetBody::new(spec.input.0, BlockKind::Basic, [2, 2, 2, 2], vb)?),
         Arch::ResNet50 => Arc::new(resnet::ResNetBody::new(spec.input.0, BlockKind::Bottleneck, [3, 4, 6, 3], vb)?),
+        Arch::ResNetV2 { stem, widths, depths, groups } => {
+            Arc::new(resnetv2::ResNetV2Body::new(spec.input.0, *stem, widths, depths, *groups, vb)?)
+        }
     })
 }

@@ -269,6 +269,7 @@ pub fn is_buffer(name: &str) -> bool {
 fn init_scheme(arch: &Arch) -> InitScheme {
     match arch {
         Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 => InitScheme::KaimingNormalFanOut,
+        Arch::ResNetV2 { .. } => InitScheme::KaimingNormalFanOut,
         _ => InitScheme::TorchDefault,
     }
 }

@@ -40,6 +40,11 @@ pub enum Arch {
     ResNet18,
     /// torchvision/timm ResNet-50 (Bottleneck), head `fc`.
     ResNet50,
+    /// Pre-activation ResNet v2 with GroupNorm and weight standardisation (BiT), timm's
+    /// `resnetv2_*_bit` names (`stem.conv`, `stages.N.blocks.M.*`, `norm`), head `head.fc`.
+    /// `stem` stem channels, stage output `widths` (bottleneck width a quarter of each),
+    /// `depths` blocks per stage, `groups` GroupNorm groups.
+    ResNetV2 { stem: usize, widths: Vec<usize>, depths: Vec<usize>, groups: usize },
 }
 
 /// A model: architecture, input image shape (C, H, W) and number of classes.
@@ -71,6 +76,8 @@ pub const MODEL_NAMES: &[(&str, &str)] = &[
     ("preact-resnet18", "PreAct-ResNet-18"),
     ("resnet18", "ResNet-18 (torchvision names)"),
     ("resnet50", "ResNet-50 (torchvision names)"),
+    ("resnetv2-50x1-bit", "BiT ResNetV2-50x1, GroupNorm + weight standardisation (timm's resnetv2_50x1_bit names)"),
+    ("resnetv2-tiny", "ResNetV2 (BiT blocks) at 1/16 width, one block per stage, 8 groups: trains on 2 cores"),
 ];
 
 impl ModelSpec {
@@ -89,6 +96,10 @@ impl ModelSpec {
             "preact-resnet18" => Arch::PreActResNet18,
             "resnet18" => Arch::ResNet18,
             "resnet50" => Arch::ResNet50,
+            "resnetv2-50x1-bit" | "resnetv2_50x1_bit" => {
+                Arch::ResNetV2 { stem: 64, widths: vec![256, 512, 1024, 2048], depths: vec![3, 4, 6, 3], groups: 32 }
+            }
+            "resnetv2-tiny" => Arch::ResNetV2 { stem: 16, widths: vec![32, 64, 128, 256], depths: vec![1, 1, 1, 1], groups: 8 },
             other => {
                 let known: Vec<&str> = MODEL_NAMES.iter().map(|(n, _)| *n).collect();
                 return Err(Error::invalid(
@@ -122,6 +133,7 @@ impl ModelSpec {
             Arch::BadNetsCnn => "fc2",
             Arch::CifarResNet { .. } | Arch::PreActResNet18 => "linear",
             Arch::ResNet18 | Arch::ResNet50 => "fc",
+            Arch::ResNetV2 { .. } => "head.fc",
         }
     }
 
@@ -140,6 +152,22 @@ impl ModelSpec {
             }
             Arch::PreActResNet18 => 8,
             Arch::ResNet18 | Arch::ResNet50 => 32,
+            Arch::ResNetV2 { stem, ref widths, ref depths, groups } => {
+                let widths_ok = widths.len() == depths.len() && !widths.is_empty() && depths.iter().all(|&d| d > 0);
+                let divisible = std::iter::once(stem)
+                    .chain(widths.iter().flat_map(|&w| [w, w / 4]))
+                    .all(|c| c > 0 && c % groups.min(c).max(1) == 0);
+                if !widths_ok || groups == 0 || !divisible {
+                    return Err(Error::invalid(
+                        "ResNetV2 shape",
+                        format!(
+                            "stem {stem}, widths {widths:?}, depths {depths:?}, groups {groups}: give one depth (>= 1) per \
+                             width, and channel counts (each width and a quarter of it) divisible by the groups"
+                        ),
+                    ));
+                }
+                16
+            }
         };
         if h < min || w < min {
             return Err(Error::invalid(
