@@ -30,8 +30,16 @@ enum Command {
     },
     /// List the tensors of a weights file (safetensors or PyTorch .pth).
     Info { file: PathBuf },
-    /// List the model registry.
+    /// List the model registry (our architectures and the pretrained hub models).
     Models,
+    /// Download a hub model or dataset into the Hugging Face cache (HF_HOME), for offline use.
+    /// Datasets: `datasets/ORG/NAME` or a known id (ylecun/mnist, uoft-cs/cifar10, ...).
+    Fetch {
+        id: String,
+        /// Only this split of a dataset (train, test, ...); all splits by default.
+        #[arg(long)]
+        split: Option<String>,
+    },
     /// Train a model, optionally on BadNets-poisoned data.
     Train {
         #[command(flatten)]
@@ -128,6 +136,23 @@ fn run(cli: Cli) -> Result<()> {
             for (name, what) in MODEL_NAMES {
                 println!("{name:18} {what}");
             }
+            println!("\npretrained (hub ids, `tlab fetch ID`):");
+            for e in transferlab::hub::ModelRegistry::builtin().entries() {
+                println!("{:36} {}", e.name, e.about);
+            }
+            println!("\ndatasets (hub ids):");
+            for (id, what) in transferlab::hub::HUB_DATASETS {
+                println!("{id:36} {what}");
+            }
+            Ok(())
+        }
+        Command::Fetch { id, split } => {
+            let hub = transferlab::hub::Hub::from_env();
+            let paths = transferlab::hub::fetch(&hub, &id, split.as_deref())?;
+            for p in &paths {
+                println!("{}", p.display());
+            }
+            println!("{} files of {id} in {}", paths.len(), hub.config.cache_dir.display());
             Ok(())
         }
         Command::Info { file } => {
