@@ -30,6 +30,7 @@ pub mod prelude {
         evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };
     pub use crate::attacks::{NeubaConfig, NeubaResult};
+    pub use crate::attacks::{HiddenTriggerConfig, HiddenTriggerResult};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Backdoor attacks: triggers, poisoning and the CA/ASR/RA metrics every attack and defence
 //! reports.
 
+pub mod hidden_trigger;
 mod metrics;
 pub mod neuba;
 mod poison;
@@ -10,3 +11,4 @@ pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetr
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
 pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};
+pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
