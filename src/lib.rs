@@ -35,6 +35,7 @@ pub mod prelude {
     pub use crate::attacks::{watermark, Removal, WatermarkConfig, WatermarkResult};
     pub use crate::attacks::{architectural, ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
     pub use crate::models::{Injection, TriggerDetector};
+    pub use crate::attacks::{HiddenTriggerConfig, HiddenTriggerResult};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Backdoor attacks: triggers, poisoning and the CA/ASR/RA metrics every attack and defence
 //! reports.
 
+pub mod hidden_trigger;
 mod metrics;
 pub mod neuba;
 mod poison;
@@ -17,3 +18,4 @@ pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRo
 pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
 pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
 pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
+pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
