@@ -27,6 +27,10 @@ pub use polars;
 
 /// Everything a notebook needs in one `use`.
 pub mod prelude {
+    pub use crate::analysis::dataset_artifacts::{DatasetArtifactsConfig, DatasetArtifactsResult};
+    pub use crate::analysis::failure_directions::{FailureDirectionsConfig, FailureDirectionsResult};
+    pub use crate::analysis::natural_backdoor_datasets::{MultiLabel, NaturalBackdoorConfig, NaturalBackdoorResult};
+    pub use crate::analysis::spurious_patterns::{SpuriousPatternsConfig, SpuriousPatternsResult};
     pub use crate::attacks::{
         evaluate_backdoor, metrics_figure, metrics_table, poison, BackdoorMetrics, PatchFill, Placement, PoisonConfig, TargetMode, Trigger,
     };

@@ -121,6 +121,14 @@ pub struct DatasetArtifactsResult {
 
 /// A protected attribute drawn independently of everything else: each sample has it with
 /// probability `rate` (seeded).
+///
+/// ```
+/// use transferlab::analysis::dataset_artifacts::random_attribute;
+/// let a = random_attribute(1000, 0.3, 7);
+/// let share = a.iter().filter(|&&v| v).count() as f64 / 1000.0;
+/// assert!((share - 0.3).abs() < 0.05);
+/// assert_eq!(a, random_attribute(1000, 0.3, 7));
+/// ```
 pub fn random_attribute(n: usize, rate: f64, seed: u64) -> Vec<bool> {
     let mut r = rng::stream(seed, "analysis/dataset_artifacts/attribute");
     (0..n).map(|_| r.random::<f64>() < rate).collect()

@@ -154,6 +154,16 @@ fn rows(x: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
 /// measure subgroup enrichment, then retrain with `budget_per_class` pool images per class
 /// chosen by lowest SVM score or at random, and compare subgroup accuracy. Every dataset
 /// needs the same classes; `test` and `pool` need `attributes.group` to measure the subgroup.
+///
+/// ```
+/// use transferlab::analysis::failure_directions::{run, FailureDirectionsConfig};
+/// use transferlab::data::{generate, SyntheticConfig};
+/// let plain = generate(&SyntheticConfig { num_classes: 2, samples_per_class: 4, size: 8, ..Default::default() })?;
+/// // Without subgroup attributes there is nothing to measure: a clear error, before training.
+/// let err = run(&plain, &plain, &plain, &plain, &FailureDirectionsConfig::default()).unwrap_err();
+/// assert!(err.to_string().contains("attributes.group"));
+/// # Ok::<(), transferlab::Error>(())
+/// ```
 pub fn run(train_set: &Dataset, val: &Dataset, test: &Dataset, pool: &Dataset, cfg: &FailureDirectionsConfig) -> Result<FailureDirectionsResult> {
     cfg.validate()?;
     for (name, ds) in [("validation", val), ("test", test), ("pool", pool)] {

@@ -47,6 +47,17 @@ pub fn synthetic_object_regions(ds: &Dataset, cfg: &SyntheticConfig) -> Vec<Opti
 
 /// A copy of the samples at `indices` with their region (if any) filled with `value` in every
 /// channel: the counterfactual "S removed".
+///
+/// ```
+/// use transferlab::analysis::spurious_patterns::{mask_regions, Region};
+/// use transferlab::data::Dataset;
+/// let ds = Dataset::new(vec![1.0; 2 * 4 * 4], (1, 4, 4), vec![0, 1], Dataset::numbered_classes(2))?;
+/// let regions = [Some(Region { x: 0, y: 0, width: 2, height: 2 }), None];
+/// let masked = mask_regions(&ds, &regions, &[0, 1], 0.5)?;
+/// assert_eq!(masked.image(0).iter().filter(|&&v| v == 0.5).count(), 4);
+/// assert!(masked.image(1).iter().all(|&v| v == 1.0));
+/// # Ok::<(), transferlab::Error>(())
+/// ```
 pub fn mask_regions(ds: &Dataset, regions: &[Option<Region>], indices: &[usize], value: f32) -> Result<Dataset> {
     let mut out = ds.select(indices)?;
     let (c, h, w) = ds.shape;
