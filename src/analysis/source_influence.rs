@@ -244,7 +244,7 @@ fn transfer_with(
 /// let source = d.class_subset(&[0, 1, 2, 3, 4], true)?;
 /// let (train, test) = d.class_subset(&[8, 9], true)?.split(0.5, 0, true)?;
 /// let mut cfg = SourceInfluenceConfig::default();
-/// cfg.models = 4;
+/// cfg.models = 8;
 /// cfg.remove_k = 1;
 /// cfg.random_repeats = 1;
 /// cfg.source_training.epochs = 1;
