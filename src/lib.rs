@@ -49,4 +49,6 @@ pub mod prelude {
     };
     pub use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
     pub use candle_core::Device;
+    // Transfer analyses (issue 9).
+    pub use crate::analysis::{BiasTransferConfig, LinearProbeConfig, SourceInfluenceConfig};
 }

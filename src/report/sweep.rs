@@ -93,6 +93,13 @@ impl Sweep {
         to_dataframe(&rows, &config_keys)
     }
 
+    /// The configurations of `configs` not yet in the log, in order: lets a caller compute
+    /// them in parallel before handing the results to [`Sweep::run`].
+    pub fn pending(&self, configs: &[SweepConfig]) -> Result<Vec<SweepConfig>> {
+        let done = self.finished()?;
+        Ok(configs.iter().filter(|c| !done.iter().any(|(k, _)| *k == key_of(c))).cloned().collect())
+    }
+
     /// The runs already logged: (configuration key, full row). A last line cut short by a
     /// kill is ignored, so that run is simply done again.
     fn finished(&self) -> Result<Vec<(String, SweepConfig)>> {

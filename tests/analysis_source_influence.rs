@@ -1,0 +1,67 @@
+//! Source influence: influence shape, resume after interruption, determinism, errors.
+
+use transferlab::analysis::source_influence::{run, SourceInfluenceConfig};
+use transferlab::data::{digits, Dataset};
+use transferlab::report::Outcome;
+use transferlab::train::ProgressMode;
+
+fn data() -> (Dataset, Dataset, Dataset) {
+    let d = digits().unwrap();
+    let source = d.class_subset(&[0, 1, 2, 3, 4, 5, 6], true).unwrap();
+    let (train, test) = d.class_subset(&[7, 8, 9], true).unwrap().split(0.5, 0, true).unwrap();
+    (source, train, test)
+}
+
+fn quick() -> SourceInfluenceConfig {
+    let mut cfg = SourceInfluenceConfig::default();
+    cfg.models = 8;
+    cfg.source_training.epochs = 2;
+    cfg.random_repeats = 2;
+    cfg.progress = ProgressMode::Hidden;
+    cfg
+}
+
+#[test]
+fn an_interrupted_study_resumes_and_gives_the_same_numbers() {
+    let (source, train, test) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quick();
+    let full = run(&source, &train, &test, &cfg).unwrap();
+    assert_eq!(full.influence.len(), 7);
+    assert_eq!(full.influence[0].len(), test.len());
+    assert_eq!(full.harmful.len(), 2);
+    let inf = full.class_influence();
+    assert!(full.harmful.iter().all(|&h| inf.iter().filter(|&&v| v < inf[h as usize]).count() < 2));
+    assert_eq!(full.to_dataframe().unwrap().height(), 7);
+    assert_eq!(full.counterfactual_table().unwrap().height(), 4);
+    assert!(full.figure().unwrap().to_png().unwrap().len() > 1000);
+
+    // Interrupt: keep 3 finished models and a line cut off mid-write, then resume.
+    let log = dir.path().join("influence.jsonl");
+    cfg.log = Some(log.clone());
+    cfg.workers = 1;
+    run(&source, &train, &test, &cfg).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8);
+    let cut = format!("{}\n{}", lines[..3].join("\n"), &lines[3][..lines[3].len() / 2]);
+    std::fs::write(&log, cut).unwrap();
+    let resumed = run(&source, &train, &test, &cfg).unwrap();
+    assert_eq!(resumed, full, "resumed (and single-worker) study differs");
+    let readable = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.ends_with('}')).count();
+    assert_eq!(readable, 8, "the resumed run should add exactly the 5 missing models");
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let (source, train, test) = data();
+    let mut cfg = quick();
+    cfg.models = 1;
+    assert!(run(&source, &train, &test, &cfg).unwrap_err().to_string().contains("number of models"));
+    let mut cfg = quick();
+    cfg.subset_fraction = 1.0;
+    assert!(run(&source, &train, &test, &cfg).unwrap_err().to_string().contains("subset fraction"));
+    let mut cfg = quick();
+    cfg.remove_k = 7;
+    assert!(run(&source, &train, &test, &cfg).unwrap_err().to_string().contains("remove_k"));
+}
