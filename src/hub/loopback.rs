@@ -42,7 +42,7 @@ struct State {
     /// (kind, id) -> path -> bytes.
     repos: BTreeMap<(RepoKind, String), BTreeMap<String, Vec<u8>>>,
     /// sha256 -> bytes (the CDN).
-    cdn: BTreeMap<String, (String, Vec<u8>)>,
+    cdn: BTreeMap<String, (String, Vec<u8>, (RepoKind, String))>,
     faults: Vec<Fault>,
     log: Vec<String>,
 }
@@ -111,9 +111,32 @@ impl LoopbackHub {
     pub fn add_file(&self, kind: RepoKind, id: &str, path: &str, bytes: Vec<u8>) {
         let mut s = self.state.lock().expect("loopback state");
         if bytes.len() > LFS_THRESHOLD {
-            s.cdn.insert(sha256_hex(&bytes), (path.to_string(), bytes.clone()));
+            s.cdn.insert(sha256_hex(&bytes), (path.to_string(), bytes.clone(), (kind, id.to_string())));
         }
         s.repos.entry((kind, id.to_string())).or_default().insert(path.to_string(), bytes);
+    }
+
+    /// Put every file under `dir` into a repository (paths relative to `dir`).
+    pub fn add_dir(&self, kind: RepoKind, id: &str, dir: &std::path::Path) -> Result<()> {
+        fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+            for e in std::fs::read_dir(d)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    walk(root, &p, out)?;
+                } else {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files).map_err(|e| Error::io("list", dir, e))?;
+        for p in files {
+            let rel = p.strip_prefix(dir).expect("under dir").to_string_lossy().replace('\\', "/");
+            let bytes = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+            self.add_file(kind, id, &rel, bytes);
+        }
+        Ok(())
     }
 
     /// Inject a fault.
@@ -303,7 +326,10 @@ fn route(req: &Request, s: &mut State, port: u16) -> Reply {
 }
 
 fn cdn(req: &Request, s: &mut State, sha: &str) -> Reply {
-    let Some((file, bytes)) = s.cdn.get(sha).cloned() else { return Reply::status(404, None) };
+    let Some((file, bytes, key)) = s.cdn.get(sha).cloned() else { return Reply::status(404, None) };
+    // Clients that follow the redirect on HEAD (huggingface_hub treats a same-host redirect
+    // as relative) read the commit from here.
+    let commit = s.repos.get(&key).map(commit_of).unwrap_or_default();
     let total = bytes.len();
     let start = req
         .header("range")
@@ -322,6 +348,7 @@ fn cdn(req: &Request, s: &mut State, sha: &str) -> Reply {
     };
     r.headers.push(("ETag".into(), format!("\"{sha}\"")));
     r.headers.push(("Accept-Ranges".into(), "bytes".into()));
+    r.headers.push(("X-Repo-Commit".into(), commit));
     apply_faults(s, &file, &mut r, req.method == "GET");
     r
 }

@@ -98,9 +98,9 @@ fn center_crop(ds: &Dataset, size: usize) -> Result<Dataset> {
 pub enum Family {
     /// One of our [`Network`] architectures.
     Network(ModelSpec),
-    /// CLIP through candle-transformers ([`crate::models::clip`]).
+    /// CLIP through candle-transformers (loader not written yet: see the hub module docs).
     Clip,
-    /// ViT through candle-transformers.
+    /// ViT through candle-transformers (loader not written yet).
     Vit,
 }
 
@@ -253,7 +253,7 @@ impl ModelRegistry {
         let Family::Network(spec) = &entry.family else {
             return Err(Error::invalid(
                 "model",
-                format!("{name} is not one of the Network architectures; load it with crate::models::clip or vit"),
+                format!("{name} is a candle-transformers model (CLIP/ViT), not one of the Network architectures; its loader is not written yet, `tlab fetch {name}` downloads its files"),
             ));
         };
         let path = self.weights_path(hub, name)?;

@@ -32,6 +32,16 @@ enum Command {
     Info { file: PathBuf },
     /// List the model registry (our architectures and the pretrained hub models).
     Models,
+    /// Serve local folders as a Hugging Face hub on 127.0.0.1 (tests, notebooks, cache
+    /// interop checks): prints the endpoint (for HF_ENDPOINT) and serves until killed.
+    ServeHub {
+        /// A model repository: ID=DIR (every file under DIR).
+        #[arg(long)]
+        model: Vec<String>,
+        /// A dataset repository: ID=DIR.
+        #[arg(long)]
+        dataset: Vec<String>,
+    },
     /// Download a hub model or dataset into the Hugging Face cache (HF_HOME), for offline use.
     /// Datasets: `datasets/ORG/NAME` or a known id (ylecun/mnist, uoft-cs/cifar10, ...).
     Fetch {
@@ -145,6 +155,23 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{id:36} {what}");
             }
             Ok(())
+        }
+        Command::ServeHub { model, dataset } => {
+            let server = transferlab::hub::LoopbackHub::start()?;
+            for (kind, specs) in [(transferlab::hub::RepoKind::Model, model), (transferlab::hub::RepoKind::Dataset, dataset)] {
+                for spec in specs {
+                    let (id, dir) = spec.split_once('=').ok_or_else(|| {
+                        transferlab::Error::invalid("repository", format!("{spec:?}; use ID=DIR, e.g. org/tiny=./tiny"))
+                    })?;
+                    server.add_dir(kind, id, std::path::Path::new(dir))?;
+                }
+            }
+            println!("{}", server.endpoint());
+            use std::io::Write;
+            std::io::stdout().flush().ok();
+            loop {
+                std::thread::park();
+            }
         }
         Command::Fetch { id, split } => {
             let hub = transferlab::hub::Hub::from_env();

@@ -1,0 +1,233 @@
+"""Cross-check transferlab's architectures against the reference implementations.
+
+For each architecture: build the reference model (timm / transformers, CPU torch), fill it
+with deterministic pseudo-random weights from a formula both sides implement (so no weight
+file needs to be committed), save them in the hub's format (model.safetensors), run fixed
+inputs through it and write the outputs as a small fixture under tests/fixtures/crosscheck/.
+`cargo test --test hub_crosscheck` rebuilds the same weights in Rust, loads them through the
+hub name mapping and compares (1e-4 relative), without PyTorch.
+
+Also checks cache interoperability with Python's huggingface_hub against the loopback hub
+(`tlab serve-hub`): a file Python downloads is found by `tlab` offline, and the reverse.
+
+Usage: python tests/crosscheck/crosscheck.py [--tlab PATH] [--only NAME]
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "crosscheck")
+
+M64 = (1 << 64) - 1
+
+
+def fnv1a64(s: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & M64
+    return h
+
+
+def uniform(name: str, n: int) -> np.ndarray:
+    """n values in [-0.5, 0.5) from a splitmix64-style hash of (name, index)."""
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint64)
+        x = i * np.uint64(0x9E3779B97F4A7C15) + np.uint64(fnv1a64(name))
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xFF51AFD7ED558CCD)
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xC4CEB9FE1A85EC53)
+        x ^= x >> np.uint64(33)
+    return (x >> np.uint64(40)).astype(np.float64) / float(1 << 24) - 0.5
+
+
+def value_rule(name: str, shape) -> tuple:
+    """(centre, scale) of a tensor's values, by its name and shape (the Rust test mirrors this)."""
+    if name.endswith("running_var"):
+        return 1.0, 0.5
+    if name.endswith("running_mean"):
+        return 0.0, 0.2
+    if name.endswith("logit_scale"):
+        return math.log(100.0), 0.0
+    if len(shape) <= 1:
+        return (1.0, 0.2) if name.endswith("weight") else (0.0, 0.2)
+    fan_in = int(np.prod(shape[1:]))
+    if len(shape) == 3 and shape[0] == 1:  # ViT position embeddings / cls token (1, n, d)
+        return 0.0, 0.2
+    return 0.0, math.sqrt(12.0 / fan_in)
+
+
+def tensor_for(name: str, shape) -> np.ndarray:
+    n = int(np.prod(shape)) if len(shape) else 1
+    c, s = value_rule(name, list(shape))
+    return (c + s * uniform(name, n)).astype(np.float32).reshape(shape)
+
+
+def fill(model) -> dict:
+    sd = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if v.dtype in (torch.int64, torch.long) or k.endswith("num_batches_tracked"):
+            out[k] = v
+            continue
+        out[k] = torch.from_numpy(tensor_for(k, tuple(v.shape)))
+    model.load_state_dict(out, strict=True)
+    return out
+
+
+def image_input(shape) -> torch.Tensor:
+    return torch.from_numpy((2.0 * uniform("input", int(np.prod(shape)))).astype(np.float32).reshape(shape))
+
+
+def save_fixture(name, arch, tensors, inputs, outputs, extra=None):
+    os.makedirs(FIXTURES, exist_ok=True)
+    fx = {
+        "model": name,
+        "arch": arch,
+        "tensors": [[k, list(v.shape)] for k, v in tensors.items() if not k.endswith("num_batches_tracked")],
+        "inputs": {k: list(v.shape) for k, v in inputs.items()},
+        "outputs": {k: {"shape": list(v.shape), "values": [float(x) for x in v.detach().reshape(-1).tolist()]} for k, v in outputs.items()},
+    }
+    if extra:
+        fx.update(extra)
+    path = os.path.join(FIXTURES, f"{arch}.json")
+    with open(path, "w") as f:
+        json.dump(fx, f)
+    print(f"{arch}: wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def save_hub_format(tensors, path):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, path)
+
+
+def check_timm(arch, timm_name, input_shape, num_classes):
+    import timm
+    model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes).eval()
+    t = fill(model)
+    with tempfile.TemporaryDirectory() as d:
+        save_hub_format(t, os.path.join(d, "model.safetensors"))
+    x = image_input(input_shape)
+    with torch.no_grad():
+        y = model(x)
+    save_fixture(timm_name, arch, t, {"pixel_values": x}, {"logits": y}, {"num_classes": num_classes, "input_shape": list(input_shape)})
+
+
+def clip_config_tiny():
+    from transformers import CLIPConfig
+    return CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16, projection_dim=16, hidden_act="quick_gelu", eos_token_id=98),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=16, hidden_act="quick_gelu"),
+        projection_dim=16,
+    )
+
+
+def check_clip(arch, cfg, seq):
+    from transformers import CLIPModel
+    model = CLIPModel(cfg).eval()
+    t = fill(model)
+    vc, tc = cfg.vision_config, cfg.text_config
+    x = image_input((2, 3, vc.image_size, vc.image_size))
+    # Token ids: start, a few tokens, end (the largest id), padded with 0 (pooling reads the end token).
+    eot = tc.vocab_size - 1
+    ids = torch.zeros((2, seq), dtype=torch.int64)
+    for b, n in enumerate([5, 9]):
+        ids[b, 0] = eot - 1
+        for j in range(1, n):
+            ids[b, j] = (7 * j + 3 * b) % (eot - 2) + 1
+        ids[b, n] = eot
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=x)
+        txt = model.get_text_features(input_ids=ids)
+        if not torch.is_tensor(img):
+            img, txt = img.pooler_output, txt.pooler_output
+    save_fixture(arch, arch, t, {"pixel_values": x}, {"image_embeds": img, "text_embeds": txt},
+                 {"input_ids": ids.tolist(), "config": cfg.to_dict()})
+
+
+def check_vit(arch):
+    from transformers import ViTConfig, ViTForImageClassification
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8,
+                    num_labels=5, layer_norm_eps=1e-12)
+    model = ViTForImageClassification(cfg).eval()
+    t = fill(model)
+    x = image_input((2, 3, 32, 32))
+    with torch.no_grad():
+        y = model(pixel_values=x).logits
+    save_fixture(arch, arch, t, {"pixel_values": x}, {"logits": y}, {"config": cfg.to_dict()})
+
+
+def cache_interop(tlab):
+    """Python's huggingface_hub and tlab share one cache through the loopback hub."""
+    from huggingface_hub import hf_hub_download
+    with tempfile.TemporaryDirectory() as d:
+        a, b = os.path.join(d, "a"), os.path.join(d, "b")
+        for repo, size in ((a, 5000), (b, 3000)):
+            os.makedirs(repo)
+            with open(os.path.join(repo, "model.safetensors"), "wb") as f:
+                f.write(bytes((i * 31 + size) % 256 for i in range(size)))
+            with open(os.path.join(repo, "config.json"), "w") as f:
+                f.write('{"x": 1}')
+        server = subprocess.Popen([tlab, "serve-hub", "--model", f"org/py={a}", "--model", f"org/rs={b}"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            endpoint = server.stdout.readline().strip()
+            env = dict(os.environ, HF_HOME=os.path.join(d, "home"), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_PROGRESS_BARS="1")
+            env.pop("HF_HUB_OFFLINE", None)
+            env.pop("HF_HUB_CACHE", None)
+            py = subprocess.run([sys.executable, "-c",
+                                 "from huggingface_hub import hf_hub_download as d; import sys; "
+                                 "print(d('org/py', 'model.safetensors')); print(d('org/py', 'config.json'))"],
+                                env=env, capture_output=True, text=True)
+            assert py.returncode == 0, py.stderr
+            off = dict(env, HF_HUB_OFFLINE="1")
+            r = subprocess.run([tlab, "fetch", "org/py"], env=off, capture_output=True, text=True)
+            assert r.returncode == 0, f"tlab did not find Python's download offline: {r.stderr}"
+            print("interop: huggingface_hub -> tlab (offline): ok")
+            r = subprocess.run([tlab, "fetch", "org/rs"], env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            py = subprocess.run([sys.executable, "-c",
+                                 "from huggingface_hub import hf_hub_download as d; "
+                                 "p = d('org/rs', 'model.safetensors'); print(p, len(open(p, 'rb').read()))"],
+                                env=off, capture_output=True, text=True)
+            assert py.returncode == 0 and py.stdout.strip().endswith(" 3000"), py.stderr
+            print("interop: tlab -> huggingface_hub (HF_HUB_OFFLINE=1): ok")
+        finally:
+            server.terminate()
+            server.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tlab", default=os.path.join(ROOT, "target", "debug", "tlab"))
+    ap.add_argument("--only", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    jobs = {
+        "resnet18": lambda: check_timm("resnet18", "resnet18.a1_in1k", (2, 3, 64, 64), 1000),
+        "resnet50": lambda: check_timm("resnet50", "resnet50.a1_in1k", (1, 3, 64, 64), 1000),
+        "resnetv2_50x1_bit": lambda: check_timm("resnetv2_50x1_bit", "resnetv2_50x1_bit.goog_in21k", (1, 3, 64, 64), 1000),
+        "clip_tiny": lambda: check_clip("clip_tiny", clip_config_tiny(), 16),
+        "vit_tiny": lambda: check_vit("vit_tiny"),
+        "interop": lambda: cache_interop(args.tlab),
+    }
+    for name, job in jobs.items():
+        if args.only and name != args.only:
+            continue
+        job()
+
+
+if __name__ == "__main__":
+    main()
