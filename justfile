@@ -19,7 +19,7 @@ test: notebook-env
     cargo build --benches
     cargo test --lib --bins --tests --no-fail-fast
     cargo test --doc
-    {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb
+    {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb
 
 # Set up the notebook environment and open JupyterLab on notebooks/.
@@ -62,3 +62,16 @@ bench:
     bin=$(cargo bench --profile dev --no-run --bench throughput --message-format=json \
         | python3 -c 'import json,sys; m=[json.loads(l) for l in sys.stdin]; print([j["executable"] for j in m if j.get("executable") and j["target"]["name"] == "throughput"][-1])')
     .venv-bench/bin/python benches/compare.py "$bin" .venv-bench/bin/python
+
+# Our ResNet-18/50 and BiT ResNetV2 against timm (CPU torch in .venv-crosscheck), writing
+# tests/fixtures/crosscheck/*.json, and the hub cache shared with Python's huggingface_hub
+# checked both ways against a loopback hub.
+crosscheck:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-crosscheck/bin/python ]; then python3 -m venv .venv-crosscheck; fi
+    .venv-crosscheck/bin/python -c "import torch, timm, transformers, huggingface_hub, safetensors" 2>/dev/null || \
+        .venv-crosscheck/bin/pip install --quiet torch==2.15.0 timm==1.0.31 transformers==5.24.0 huggingface_hub==2.4.0 safetensors==0.8.0
+    cargo build --bin tlab
+    .venv-crosscheck/bin/python tests/crosscheck/crosscheck.py --tlab "${CARGO_TARGET_DIR:-target}/debug/tlab"
+    cargo test --test hub_crosscheck -- --nocapture

@@ -2,11 +2,9 @@
 
 mod defenses_support;
 
-use candle_core::Device;
 use defenses_support::{backdoored, case};
 use std::time::Instant;
 use transferlab::defenses::{fine_pruning, fine_tuning, FinePruningConfig, FineTuningConfig, MembershipProbe};
-use transferlab::models::{ModelSpec, Network};
 use transferlab::report::Outcome;
 
 #[test]

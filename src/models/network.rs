@@ -44,6 +44,19 @@ pub struct Network {
     /// asks (a frozen body runs in eval mode).
     body_frozen: bool,
     device: Device,
+    /// Which compiled copy of this crate built the network (see [`Network::make_local`]).
+    home: usize,
+}
+
+/// One per compiled copy of this crate. evcxr links a separate copy of every dependency, with
+/// its own statics, into each notebook cell; candle's tensor-id counter is one of those
+/// statics, so tensors made by two cells' copies can share an id, and a backward pass over a
+/// graph that mixes them adds up the wrong gradients. An atomic so it lives in writable memory
+/// and is never merged with another constant.
+static CODE_COPY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn code_copy() -> usize {
+    std::ptr::addr_of!(CODE_COPY) as usize
 }
 
 impl std::fmt::Debug for Network {
@@ -61,7 +74,16 @@ impl Network {
         let body = build_body(spec, vb.clone())?;
         let head = Linear::new(body.feature_dim(), spec.num_classes, vb.pp(spec.head_name()))?;
         initialise(&varmap, init_scheme(&spec.arch), seed, "")?;
-        Ok(Self { spec: spec.clone(), varmap, body, head, frozen: BTreeSet::new(), body_frozen: false, device: device.clone() })
+        Ok(Self {
+            spec: spec.clone(),
+            varmap,
+            body,
+            head,
+            frozen: BTreeSet::new(),
+            body_frozen: false,
+            device: device.clone(),
+            home: code_copy(),
+        })
     }
 
     /// The model's specification.
@@ -253,6 +275,32 @@ impl Network {
         let mut net = Network::new(&spec, 0, device)?;
         net.load(path, LoadMode::Strict)?;
         Ok(net)
+    }
+
+    /// Whether this network was built by the compiled copy of transferlab that calls this: always
+    /// true in programs and tests; false in a notebook cell for a network built in an earlier
+    /// cell (evcxr links each cell against its own copy of every dependency).
+    pub fn is_local(&self) -> bool {
+        self.home == code_copy()
+    }
+
+    /// Rebuild the network in the calling copy of transferlab (same weights, same frozen set)
+    /// when an earlier notebook cell built it; a no-op otherwise. Anything that runs a backward
+    /// pass through a network calls this first (the trainer does), because candle identifies
+    /// tensors by a counter that each notebook cell has its own copy of: a graph mixing tensors
+    /// of two cells can give two tensors one id and the backward pass the wrong gradients.
+    ///
+    /// ```
+    /// use transferlab::models::{ModelSpec, Network};
+    /// let mut net = Network::new(&ModelSpec::named("mlp", (1, 8, 8), 10).unwrap(), 0, &candle_core::Device::Cpu).unwrap();
+    /// assert!(net.is_local());
+    /// net.make_local().unwrap();
+    /// ```
+    pub fn make_local(&mut self) -> Result<()> {
+        if !self.is_local() {
+            *self = self.duplicate()?;
+        }
+        Ok(())
     }
 
     /// An independent copy (weights copied, frozen set kept).

@@ -213,6 +213,9 @@ pub fn train_with(
     objective: &mut dyn Objective,
 ) -> Result<History> {
     cfg.validate(data.len())?;
+    // A network built in an earlier notebook cell is rebuilt here first, so that the whole
+    // backward graph draws tensor ids from one counter.
+    net.make_local()?;
     if data.shape != net.spec().input {
         return Err(Error::shape(
             "training",
