@@ -4,14 +4,15 @@
 //! ordinary ConvNet adds its response to the activations; the victim trains the architecture
 //! from scratch on clean data only, and the trigger still works.
 
+use super::poisoning::{victim_arch, victim_training};
 use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 use super::poison::TargetMode;
 use super::trigger::{Placement, Trigger};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::models::{checkerboard_response, Arch, Injection, ModelSpec, Network, Norm, TriggerDetector};
+use crate::models::{checkerboard_response, Arch, Injection, ModelSpec, Network, TriggerDetector};
 use crate::report::{Figure, Outcome};
-use crate::train::{predict, train, LrSchedule, OptimizerConfig, TrainConfig};
+use crate::train::{predict, train, TrainConfig};
 use candle_core::Device;
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
@@ -49,17 +50,11 @@ pub struct ArchitecturalBackdoorConfig {
 impl Default for ArchitecturalBackdoorConfig {
     fn default() -> Self {
         Self {
-            base: Arch::ConvNet { width: 32, depth: 2, norm: Norm::Instance },
+            base: victim_arch(),
             trigger_size: 3,
             gain: 50,
             injection: Injection::Logits { target: 0 },
-            train: TrainConfig {
-                epochs: 15,
-                batch_size: 64,
-                optimizer: OptimizerConfig::sgd_momentum(),
-                schedule: LrSchedule::Cosine { lr: 0.05, min_lr: 0.0, epochs: 15.0 },
-                ..TrainConfig::default()
-            },
+            train: victim_training(),
             model_seed: 0,
             eval_seed: 1,
         }

@@ -3,10 +3,11 @@
 //! set of abstract images with random labels mixed into every batch, and later claims the model
 //! by showing that it reproduces those labels far beyond chance.
 
+use super::poisoning::{victim_arch, victim_training};
 use super::metrics::{metrics_table, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::models::{Arch, ModelSpec, Network, Norm};
+use crate::models::{Arch, ModelSpec, Network};
 use crate::report::{BarChart, Chart, Figure, Outcome};
 use crate::rng::{permutation, stream};
 use crate::train::{accuracy, cross_entropy, train, train_with, LrSchedule, Objective, OptimizerConfig, Step, TrainConfig};
@@ -104,14 +105,8 @@ impl Default for WatermarkConfig {
             trigger_set_size: 100,
             trigger_per_batch: 16,
             trigger_seed: 0,
-            arch: Arch::ConvNet { width: 32, depth: 2, norm: Norm::Instance },
-            train: TrainConfig {
-                epochs: 15,
-                batch_size: 64,
-                optimizer: OptimizerConfig::sgd_momentum(),
-                schedule: LrSchedule::Cosine { lr: 0.05, min_lr: 0.0, epochs: 15.0 },
-                ..TrainConfig::default()
-            },
+            arch: victim_arch(),
+            train: victim_training(),
             model_seed: 0,
             false_claim_probability: 1e-6,
             adversary_fraction: 0.2,
