@@ -6,6 +6,7 @@ pub mod failure_directions;
 pub mod spurious_patterns;
 pub mod dataset_artifacts;
 pub mod natural_backdoor_datasets;
+pub mod classifier_editing;
 
 // Transfer analyses (issue 9).
 pub mod bias_transfer;
