@@ -11,9 +11,13 @@
 //! positions, and solves for `Λ` with gradient steps through the network; our edited layer is
 //! a hidden `Linear` layer of the `mlp` body (`layers.{i}`: one key per image, the image is the
 //! "position"), its value is the layer's pre-activation output, and `Λ` has the closed-form
-//! least-squares solution over the exemplars. `k̄` is the mean exemplar key (the paper's
-//! direction for several exemplars is their principal key direction, which for keys that all
-//! point the same way is nearly the mean).
+//! least-squares solution over the exemplars. Keys are centred on the clean keys' mean `μ`
+//! (the layer is affine, `W k + b = W (k - μ) + (b + W μ)`, so the edit also shifts the bias
+//! by `-Λ dᵀμ`; `W' - W` stays rank one): post-ReLU keys of an MLP share a large common
+//! component, and `C⁻¹` of the uncentred mean key is a bias-like direction that every input
+//! responds to (measured on the notebook's miniature: clean accuracy fell 3.8 points for 31 %
+//! transformed accuracy). `k̄` is the mean centred exemplar key (the paper's direction for
+//! several exemplars is their principal key direction).
 
 use crate::data::{generate, Dataset, Subgroup, SubgroupKind, SyntheticConfig};
 use crate::error::{Error, Result};
@@ -101,6 +105,8 @@ pub struct RankOneEdit {
     pub lambda: Vec<f32>,
     /// `d = C⁻¹ k̄`, one entry per input unit.
     pub direction: Vec<f32>,
+    /// The clean keys' mean `μ`: the edit acts on `k - μ`, so the bias moves by `-Λ dᵀμ`.
+    pub key_mean: Vec<f32>,
 }
 
 impl RankOneEdit {
@@ -123,6 +129,12 @@ impl RankOneEdit {
         let w = tensors.get(&name).ok_or_else(|| Error::invalid("edit", format!("the network has no {name}")))?;
         let edited = (w.to_device(&Device::Cpu)? + self.delta()?)?;
         tensors.insert(name, edited);
+        let bias_name = format!("layers.{}.bias", self.layer);
+        let shift: f32 = self.direction.iter().zip(&self.key_mean).map(|(d, m)| d * m).sum();
+        let b = tensors.get(&bias_name).ok_or_else(|| Error::invalid("edit", format!("the network has no {bias_name}")))?;
+        let lam = Tensor::from_slice(&self.lambda, self.lambda.len(), &Device::Cpu)?;
+        let shifted = (b.to_device(&Device::Cpu)? - (lam * shift as f64)?)?;
+        tensors.insert(bias_name, shifted);
         let mut out = net.duplicate()?;
         out.set_tensors(&tensors, LoadMode::Strict)?;
         Ok(out)
@@ -228,11 +240,15 @@ pub fn choose_exemplars(exemplars: &ConceptPairs, cfg: &ClassifierEditingConfig)
 
 /// The rank-one edit of the chosen layer that maps the keys of `chosen.transformed` to the
 /// values of `chosen.original` in least squares, along `d = C⁻¹ k̄` with `C` the keys' second
-/// moment on `train` (clean data).
+/// moment on `train` (clean data) about their mean `μ`, and `k̄` the exemplar keys' mean
+/// offset from `μ`.
 pub fn rank_one_edit(net: &Network, train: &Dataset, chosen: &ConceptPairs, layer: usize, ridge: f64) -> Result<RankOneEdit> {
     let (ktrain, _) = layer_io(net, layer, train)?;
     let n = ktrain.dim(0)? as f64;
-    let c = to_rows(&(ktrain.t()?.matmul(&ktrain)? / n)?)?;
+    let mu = ktrain.mean_keepdim(0)?;
+    let centred = ktrain.broadcast_sub(&mu)?;
+    let c = to_rows(&(centred.t()?.matmul(&centred)? / n)?)?;
+    let mu: Vec<f64> = to_rows(&mu)?.remove(0);
     let dim = c.len();
     let scale = ridge * (0..dim).map(|i| c[i][i]).sum::<f64>() / dim as f64;
     let scale = if scale > 0.0 { scale } else { ridge };
@@ -244,6 +260,7 @@ pub fn rank_one_edit(net: &Network, train: &Dataset, chosen: &ConceptPairs, laye
     let (_, wanted) = layer_io(net, layer, &chosen.original)?;
     let (keys, current, wanted) = (to_rows(&keys)?, to_rows(&current)?, to_rows(&wanted)?);
     let m = keys.len() as f64;
+    let keys: Vec<Vec<f64>> = keys.into_iter().map(|k| k.iter().zip(&mu).map(|(a, b)| a - b).collect()).collect();
     let mean: Vec<f64> = (0..dim).map(|j| keys.iter().map(|k| k[j]).sum::<f64>() / m).collect();
     let d = spd_solve(&c, &mean)?;
     // W' k_i = W k_i + Λ (dᵀ k_i): least squares over i gives Λ = Σ s_i r_i / Σ s_i².
@@ -256,7 +273,12 @@ pub fn rank_one_edit(net: &Network, train: &Dataset, chosen: &ConceptPairs, laye
     let lambda: Vec<f32> = (0..out)
         .map(|o| (s.iter().enumerate().map(|(i, si)| si * (wanted[i][o] - current[i][o])).sum::<f64>() / ss) as f32)
         .collect();
-    Ok(RankOneEdit { layer, lambda, direction: d.into_iter().map(|v| v as f32).collect() })
+    Ok(RankOneEdit {
+        layer,
+        lambda,
+        direction: d.into_iter().map(|v| v as f32).collect(),
+        key_mean: mu.into_iter().map(|v| v as f32).collect(),
+    })
 }
 
 /// Clean and transformed-concept accuracy of one model.
