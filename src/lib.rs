@@ -28,6 +28,7 @@ pub use polars;
 /// Everything a notebook needs in one `use`.
 pub mod prelude {
     pub use crate::analysis::classifier_editing::{ClassifierEditingConfig, ClassifierEditingResult};
+    pub use crate::analysis::bit_finetune::{BitFinetuneConfig, BitFinetuneResult, BitHyperRule};
     pub use crate::analysis::dataset_artifacts::{DatasetArtifactsConfig, DatasetArtifactsResult};
     pub use crate::analysis::failure_directions::{FailureDirectionsConfig, FailureDirectionsResult};
     pub use crate::analysis::natural_backdoor_datasets::{MultiLabel, NaturalBackdoorConfig, NaturalBackdoorResult};

@@ -16,3 +16,5 @@ pub mod linear_probe;
 pub use linear_probe::{LinearProbeConfig, LinearProbeResult};
 pub mod source_influence;
 pub use source_influence::{SourceInfluenceConfig, SourceInfluenceResult};
+pub mod bit_finetune;
+pub use bit_finetune::{BitFinetuneConfig, BitFinetuneResult, BitHyperRule};
