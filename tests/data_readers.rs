@@ -567,3 +567,37 @@ fn batches_cover_a_seeded_permutation() {
     assert!(Batches::sequential(5, 0).is_err());
     assert_eq!(Batches::sequential(5, 2).unwrap().collect::<Vec<_>>(), vec![vec![0, 1], vec![2, 3], vec![4]]);
 }
+
+#[test]
+fn place_on_canvas_keeps_content_labels_and_seed() {
+    let mut px = vec![0f32; 3 * 2 * 3];
+    for (i, v) in px.iter_mut().enumerate() {
+        *v = (i % 6) as f32 / 10.0 + 0.05;
+    }
+    let ds = Dataset::new(px, (2, 1, 3), vec![0, 1, 1], vec!["a".into(), "b".into()]).unwrap();
+    let placed = place_on_canvas(&ds, (4, 5), 2, 0.0, 3).unwrap();
+    assert_eq!(placed.shape, (2, 4, 5));
+    assert_eq!(placed.labels, vec![0, 1, 1, 0, 1, 1]);
+    for (k, img) in placed.pixels().chunks(2 * 20).enumerate() {
+        // Without noise, each channel holds exactly the source row, somewhere.
+        for ch in 0..2 {
+            let plane = &img[ch * 20..][..20];
+            let want = &ds.image(k % 3)[ch * 3..][..3];
+            let found = plane.windows(3).enumerate().any(|(p, w)| p % 5 <= 2 && w == want);
+            assert!(found, "copy {k} channel {ch} lost its content");
+            assert!((plane.iter().sum::<f32>() - want.iter().sum::<f32>()).abs() < 1e-6);
+        }
+    }
+    // Positions vary across copies, and the same seed repeats them.
+    let many = place_on_canvas(&ds, (8, 8), 20, 0.0, 3).unwrap();
+    let first: Vec<usize> = many.pixels().chunks(128).map(|img| img.iter().position(|&v| v > 0.0).unwrap()).collect();
+    assert!(first.iter().collect::<std::collections::HashSet<_>>().len() > 5);
+    assert_eq!(many.pixels(), place_on_canvas(&ds, (8, 8), 20, 0.0, 3).unwrap().pixels());
+    let noisy = place_on_canvas(&ds, (8, 8), 1, 0.1, 3).unwrap();
+    assert!(noisy.pixels().iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(noisy.pixels().iter().filter(|&&v| v > 0.0).count() > 3 * 6);
+    let err = place_on_canvas(&ds, (4, 2), 1, 0.0, 0).unwrap_err().to_string();
+    assert!(err.contains("smaller than"), "{err}");
+    assert!(place_on_canvas(&ds, (8, 8), 0, 0.0, 0).is_err());
+    assert!(place_on_canvas(&ds, (8, 8), 1, f32::NAN, 0).is_err());
+}

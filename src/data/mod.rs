@@ -41,4 +41,4 @@ pub use synthetic::{
     SyntheticConfig, GROUP_SPURIOUS, GROUP_SUBGROUP,
 };
 pub use synthetic::{foreground_mask, object_box};
-pub use transforms::{normalise, resize, resize_image, to_grayscale, to_rgb, Augment};
+pub use transforms::{normalise, place_on_canvas, resize, resize_image, to_grayscale, to_rgb, Augment};

@@ -64,6 +64,56 @@ pub fn resize(ds: &Dataset, size: (usize, usize)) -> Result<Dataset> {
     ds.with_pixels(out, (c, oh, ow))
 }
 
+/// Paste every image `copies` times at a uniformly random position on a black canvas of
+/// `canvas = (height, width)` and add Gaussian pixel noise (standard deviation `noise`, then
+/// clamp to [0, 1]): a dataset with nuisance variation in position and noise, for example a
+/// pre-training source that is more varied than the target. Copies keep their sample's label
+/// and attributes; the output holds all first copies, then all second copies, and so on.
+/// Same seed, same dataset.
+///
+/// ```
+/// use transferlab::data::{place_on_canvas, Dataset};
+/// let ds = Dataset::new(vec![1.0; 4], (1, 2, 2), vec![0], vec!["a".into()])?;
+/// let placed = place_on_canvas(&ds, (5, 5), 3, 0.0, 7)?;
+/// assert_eq!((placed.len(), placed.shape), (3, (1, 5, 5)));
+/// assert!(placed.pixels().chunks(25).all(|img| img.iter().sum::<f32>() == 4.0));
+/// # Ok::<(), transferlab::Error>(())
+/// ```
+pub fn place_on_canvas(ds: &Dataset, canvas: (usize, usize), copies: usize, noise: f32, seed: u64) -> Result<Dataset> {
+    let (c, h, w) = ds.shape;
+    let (ch, cw) = canvas;
+    if ch < h || cw < w {
+        return Err(Error::invalid(
+            "canvas",
+            format!("{ch}x{cw} is smaller than the {h}x{w} images; give a canvas at least as large as the images"),
+        ));
+    }
+    if copies == 0 {
+        return Err(Error::invalid("copies", "0; place each image at least once"));
+    }
+    if !(noise.is_finite() && noise >= 0.0) {
+        return Err(Error::invalid("pixel noise", format!("{noise} must be finite and non-negative")));
+    }
+    let mut r = crate::rng::stream(seed, "place_on_canvas");
+    let plane = ch * cw;
+    let mut pixels = vec![0f32; copies * ds.len() * c * plane];
+    for (k, out) in pixels.chunks_exact_mut(c * plane).enumerate() {
+        let img = ds.image(k % ds.len());
+        let (oy, ox) = (r.random_range(0..=ch - h), r.random_range(0..=cw - w));
+        for ci in 0..c {
+            for y in 0..h {
+                let row = &img[(ci * h + y) * w..][..w];
+                out[ci * plane + (oy + y) * cw + ox..][..w].copy_from_slice(row);
+            }
+        }
+        if noise > 0.0 {
+            out.iter_mut().for_each(|v| *v = (*v + noise * crate::rng::normal(&mut r)).clamp(0.0, 1.0));
+        }
+    }
+    let order: Vec<usize> = (0..copies * ds.len()).map(|k| k % ds.len()).collect();
+    ds.select(&order)?.with_pixels(pixels, (c, ch, cw))
+}
+
 /// One source coordinate's two neighbours and the weight of the second.
 fn taps(out_len: usize, in_len: usize) -> Vec<(usize, usize, f32)> {
     let scale = in_len as f32 / out_len as f32;
