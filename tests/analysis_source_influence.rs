@@ -17,6 +17,7 @@ fn quick() -> SourceInfluenceConfig {
     cfg.models = 8;
     cfg.source_training.epochs = 2;
     cfg.random_repeats = 2;
+    cfg.counterfactual_seeds = 1;
     cfg.progress = ProgressMode::Hidden;
     cfg
 }
@@ -50,6 +51,14 @@ fn an_interrupted_study_resumes_and_gives_the_same_numbers() {
     assert_eq!(resumed, full, "resumed (and single-worker) study differs");
     let readable = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.ends_with('}')).count();
     assert_eq!(readable, 8, "the resumed run should add exactly the 5 missing models");
+
+    // Another target task must not resume the first study's models from the same log.
+    let few = train.per_class_sample(5, 0).unwrap();
+    let other = run(&source, &few, &test, &cfg).unwrap();
+    let lines = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.ends_with('}')).count();
+    assert_eq!(lines, 16, "a study on other data must train its own models");
+    cfg.log = None;
+    assert_eq!(other, run(&source, &few, &test, &cfg).unwrap());
 }
 
 #[test]
@@ -64,4 +73,7 @@ fn bad_configurations_are_refused() {
     let mut cfg = quick();
     cfg.remove_k = 7;
     assert!(run(&source, &train, &test, &cfg).unwrap_err().to_string().contains("remove_k"));
+    let mut cfg = quick();
+    cfg.counterfactual_seeds = 0;
+    assert!(run(&source, &train, &test, &cfg).unwrap_err().to_string().contains("counterfactual seeds"));
 }

@@ -49,6 +49,9 @@ pub struct SourceInfluenceConfig {
     pub remove_k: usize,
     /// Random K-class removals averaged for the baseline.
     pub random_repeats: usize,
+    /// Models trained per counterfactual condition (different seeds, accuracy averaged): one
+    /// model's accuracy on a small target varies by several points with its seed alone.
+    pub counterfactual_seeds: usize,
     /// Models trained at once.
     pub workers: usize,
     /// Resumable log of finished models (JSON lines); `None` keeps results in memory only.
@@ -74,6 +77,7 @@ impl Default for SourceInfluenceConfig {
             probe_l2: 1e-3,
             remove_k: 2,
             random_repeats: 3,
+            counterfactual_seeds: 3,
             workers: 2,
             log: None,
             seed: 0,
@@ -100,6 +104,9 @@ impl SourceInfluenceConfig {
         if self.random_repeats == 0 {
             return Err(Error::invalid("random repeats", "must be at least 1: the random removal is the baseline"));
         }
+        if self.counterfactual_seeds == 0 {
+            return Err(Error::invalid("counterfactual seeds", "must be at least 1: each condition needs a trained model"));
+        }
         if self.workers == 0 {
             return Err(Error::invalid("workers", "must be at least 1"));
         }
@@ -120,8 +127,8 @@ pub struct SourceInfluenceResult {
     pub subsets: Vec<(Vec<u32>, f64)>,
     /// Source classes removed as most harmful.
     pub harmful: Vec<u32>,
-    /// Target accuracy with all source classes, without the harmful ones, and the mean over
-    /// random removals of as many classes.
+    /// Target accuracy (mean over `counterfactual_seeds` models) with all source classes,
+    /// without the harmful ones, and the mean over random removals of as many classes.
     pub accuracy_full: f64,
     pub accuracy_without_harmful: f64,
     pub accuracy_without_random: f64,
@@ -268,11 +275,24 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
             p.into_iter().map(|c| c as u32).collect()
         })
         .collect();
+    // A log written for other data or another source recipe must not be resumed as if it
+    // were this study's: every entry carries a key of both.
+    let recipe = format!(
+        "{:016x}{:016x}{:016x}|{:?}|{:?}|{}",
+        source.fingerprint(),
+        target_train.fingerprint(),
+        target_test.fingerprint(),
+        cfg.arch,
+        TrainConfig { progress: ProgressMode::Hidden, ..cfg.source_training.clone() },
+        cfg.probe_l2
+    );
+    let study = format!("{:016x}", crate::rng::fnv1a(recipe.as_bytes()));
     let configs: Vec<SweepConfig> = (0..cfg.models)
         .map(|m| {
             let mut c = SweepConfig::new();
             c.insert("model".into(), (m as u64).into());
             c.insert("seed".into(), cfg.seed.into());
+            c.insert("study".into(), study.clone().into());
             c.insert("classes".into(), subsets[m].iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ").into());
             c
         })
@@ -344,7 +364,7 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
     result.harmful.sort_unstable();
     let keep = |removed: &[u32]| -> Vec<u32> { (0..nc as u32).filter(|c| !removed.contains(c)).collect() };
     let cf_seed = cfg.seed.wrapping_add(1_000_003);
-    // Every counterfactual model shares one seed, so only the classes differ between them.
+    // Every condition uses the same seeds, so only the classes differ between them.
     let mut conditions: Vec<Vec<u32>> = vec![Vec::new(), result.harmful.clone()];
     for r in 0..cfg.random_repeats {
         let mut p = permutation(&mut stream_at(cfg.seed, "source_influence.random_removal", r as u64), nc);
@@ -352,10 +372,12 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
         p.sort_unstable();
         conditions.push(p.into_iter().map(|c| c as u32).collect());
     }
-    let accs: Vec<f64> = conditions
+    let runs: Vec<(usize, u64)> = (0..conditions.len()).flat_map(|c| (0..cfg.counterfactual_seeds as u64).map(move |s| (c, s))).collect();
+    let run_accs: Vec<f64> = runs
         .par_iter()
-        .map(|removed| transfer_with(source, &keep(removed), target_train, target_test, cfg, cf_seed).map(|r| r.1))
+        .map(|&(c, s)| transfer_with(source, &keep(&conditions[c]), target_train, target_test, cfg, cf_seed.wrapping_add(s)).map(|r| r.1))
         .collect::<Result<Vec<_>>>()?;
+    let accs: Vec<f64> = run_accs.chunks(cfg.counterfactual_seeds).map(|a| a.iter().sum::<f64>() / a.len() as f64).collect();
     result.accuracy_full = accs[0];
     result.accuracy_without_harmful = accs[1];
     result.random_removals = conditions[2..].iter().cloned().zip(accs[2..].iter().copied()).collect();

@@ -145,6 +145,28 @@ impl Dataset {
         self.attributes.poisoned.clone().unwrap_or_else(|| vec![false; self.len()])
     }
 
+    /// A stable 64-bit hash of the image shape, labels and pixel values: resumable logs use it
+    /// to tell whether they were computed on the same data.
+    ///
+    /// ```
+    /// use transferlab::data::Dataset;
+    /// let a = Dataset::new(vec![0.0, 1.0], (1, 1, 1), vec![0, 1], vec!["a".into(), "b".into()])?;
+    /// let b = Dataset::new(vec![0.0, 1.0], (1, 1, 1), vec![1, 0], vec!["a".into(), "b".into()])?;
+    /// assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    /// assert_ne!(a.fingerprint(), b.fingerprint());
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn fingerprint(&self) -> u64 {
+        let (c, h, w) = self.shape;
+        let mut bytes = Vec::with_capacity(24 + 4 * (self.labels.len() + self.pixels.len()));
+        for v in [c, h, w] {
+            bytes.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        self.labels.iter().for_each(|l| bytes.extend_from_slice(&l.to_le_bytes()));
+        self.pixels.iter().for_each(|p| bytes.extend_from_slice(&p.to_bits().to_le_bytes()));
+        crate::rng::fnv1a(&bytes)
+    }
+
     /// A new dataset holding the samples at `indices` (in that order, repeats allowed).
     /// Attributes are carried; `source_index` records where each sample came from.
     pub fn select(&self, indices: &[usize]) -> Result<Self> {
