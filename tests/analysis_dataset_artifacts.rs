@@ -5,7 +5,7 @@ use transferlab::data::{generate, SyntheticConfig};
 use transferlab::report::Outcome;
 
 fn config() -> DatasetArtifactsConfig {
-    DatasetArtifactsConfig { resamples: 200, folds: 3, ..Default::default() }
+    DatasetArtifactsConfig { resamples: 200, folds: 3, permutations: 49, ..Default::default() }
 }
 
 #[test]
@@ -20,13 +20,18 @@ fn probes_find_a_planted_background_cast_and_only_where_it_is() {
     for p in &r.probes {
         assert!(p.ci_low <= p.auc && p.auc <= p.ci_high, "{p:?}");
         match p.view {
-            View::Full | View::ObjectRemoved => assert!(p.auc > 0.65 && p.ci_low > 0.55, "artifact missed: {p:?}"),
+            View::Full | View::ObjectRemoved => {
+                assert!(p.auc > 0.65 && p.ci_low > 0.55, "artifact missed: {p:?}");
+                // No shuffled attribute reaches a real artifact's AUC: the smallest p-value.
+                assert_eq!(p.p_value, 1.0 / 50.0, "{p:?}");
+            }
             View::BackgroundRemoved => assert!(p.auc < 0.7, "artifact found where there is none: {p:?}"),
         }
     }
     let clean = run(&ds, &attr, Some(&fg), &config()).unwrap();
     for p in &clean.probes {
         assert!((p.auc - 0.5).abs() < 0.15 && p.ci_low < 0.5 + 0.05, "{p:?}");
+        assert!(p.p_value > 0.02, "chance AUC called significant: {p:?}");
     }
     assert_eq!(r.to_dataframe().unwrap().height(), 9);
     assert!(r.figure().unwrap().to_png().unwrap().len() > 1000);
