@@ -53,8 +53,9 @@ fn gradient_ascent_does_not_move_a_saturated_instance_norm_model() {
     // The same recipe on instance normalisation: after training on the rest the isolated
     // samples have ~zero loss in training mode too, so the ascent has no gradient to follow.
     let c = case();
-    let spec = convnet(Norm::Instance, 32, c.poisoned.shape);
-    let cfg = AblConfig { isolation_epochs: 10, stop_at_isolated_accuracy: None, unlearning_epochs: 10, ..recipe() };
+    // Shortened (instance norm is slow on CPU); notebook 16 runs the full recipe.
+    let spec = convnet(Norm::Instance, 16, c.poisoned.shape);
+    let cfg = AblConfig { isolation_epochs: 3, clean_epochs: 6, stop_at_isolated_accuracy: None, unlearning_epochs: 5, ..recipe() };
     let r = abl::run(&c.poisoned, &spec, &c.probe, &cfg).unwrap();
     assert!(r.unlearning[0].isolated_loss < 0.01, "{:?}", r.unlearning[0]);
     assert!(r.final_metrics().attack_success_rate > 0.9, "{:?}", r.final_metrics());
