@@ -8,25 +8,39 @@ use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{ModelSpec, Network};
-use crate::report::{Figure, Outcome};
-use crate::train::{cross_entropy, per_sample_losses, train, train_with, LrSchedule, Objective, OptimizerConfig, ProgressMode, Step, TrainConfig};
+use crate::report::{Chart, Figure, LineChart, Outcome};
+use crate::train::{
+    cross_entropy, per_sample_cross_entropy, per_sample_losses, train, train_with, LrSchedule, Objective, OptimizerConfig, Progress, ProgressMode, Step,
+    TrainConfig,
+};
 use candle_core::{Device, Tensor};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
-/// ABL's settings. Paper defaults (CIFAR-10, WRN-16-1): gamma 0.5, isolation ratio 1 %,
-/// 20 isolation epochs of 100, unlearning by gradient ascent at lr 5e-4 for 20 epochs.
+/// ABL's settings. Paper defaults (Li et al. 2021; official code `backdoor_isolation.py` and
+/// `backdoor_unlearning.py`): gamma 0.5, isolation ratio 1 %, 20 LGA isolation epochs at a
+/// constant lr 0.1, SGD momentum 0.9, then training on the rest, then unlearning by gradient
+/// ascent at lr 5e-4 for 20 epochs.
 ///
-/// Deviation (scaled down to run in seconds on digits): the epoch counts are given in the
-/// struct and default to 5 isolation + 10 clean-training epochs (the paper's 1:4 ratio of
-/// isolation to the rest) and 5 unlearning epochs. The isolated set is 1 % of a ~1,400-image
-/// training set (14 images), so one unlearning epoch is a single step; the unlearning rate is
-/// therefore raised to 0.01 to give the ascent the paper's total step size.
+/// Deviations, all because the reference runs CIFAR-10 (50,000 images, WRN-16-1) and ours run in
+/// seconds on ~1,400 digits:
+/// - 10 epochs of training on the rest (cosine from `lr`) instead of the official 60.
+/// - The unlearning optimiser's momentum restarts every epoch, so that the optional stop rule
+///   ([`AblConfig::stop_at_isolated_accuracy`]) can look at the model between epochs.
+/// - What the paper's unlearning relies on and the defaults cannot change: the isolated set is
+///   almost all triggered images of one label, so in *training mode* a batch-normalised network
+///   normalises the trigger's activation away and the isolated batch still has a loss and a
+///   gradient. With instance (or no) normalisation a model fitted on the rest has loss ~1e-4 on
+///   them and the ascent does not move (notebook 16: ASR stays 100 %). Use a model with batch
+///   normalisation, as the paper's WRN-16-1 and BackdoorBench's PreAct-ResNet-18 do.
+/// - At 1 % of ~1,400 images only 14 images are isolated (the paper isolates 500); notebook 16
+///   isolates 5 % and raises the unlearning rate so that rate x steps equals the paper's.
 #[derive(Debug, Clone)]
 pub struct AblConfig {
     /// LGA's loss floor: batches with cross-entropy below gamma are pushed back up.
     pub gamma: f64,
     /// Fraction of the training set isolated as suspected poison (lowest LGA loss).
     pub isolation_ratio: f64,
+    /// Epochs of LGA training before isolating (constant rate `lr`).
     pub isolation_epochs: usize,
     /// Epochs of training on the samples that were not isolated.
     pub clean_epochs: usize,
@@ -37,10 +51,12 @@ pub struct AblConfig {
     pub unlearning_lr: f64,
     /// Stop unlearning once the model's accuracy on the isolated samples (their poisoned
     /// labels) is at most this; `None` runs every epoch as the paper does. Gradient ascent
-    /// has no floor, and on a small isolated set the step after the backdoor breaks can
-    /// also break the model, so stopping on this defender-side signal keeps clean accuracy.
+    /// has no floor: once the backdoor breaks, further epochs only break the model (on digits,
+    /// 5 % isolated, lr 2e-3: ASR 0 % at CA 95.5 %, and CA 85 % ten epochs later), and on a
+    /// small isolated set that happens within a few epochs. The
+    /// defender knows the isolated samples and their labels, so this signal is available.
     pub stop_at_isolated_accuracy: Option<f64>,
-    /// The rate of the isolation and clean-training phases (cosine to 0 over the latter).
+    /// The rate of the isolation phase (constant) and of the clean-training phase (cosine to 0).
     pub lr: f64,
     pub batch_size: usize,
     pub optimizer: OptimizerConfig,
@@ -55,13 +71,13 @@ impl Default for AblConfig {
         Self {
             gamma: 0.5,
             isolation_ratio: 0.01,
-            isolation_epochs: 5,
+            isolation_epochs: 20,
             clean_epochs: 10,
             clean_phase_lga: false,
-            unlearning_epochs: 5,
-            unlearning_lr: 0.01,
+            unlearning_epochs: 20,
+            unlearning_lr: 5e-4,
             stop_at_isolated_accuracy: None,
-            lr: 0.05,
+            lr: 0.1,
             batch_size: 64,
             optimizer: OptimizerConfig::sgd_momentum(),
             baseline: true,
@@ -78,6 +94,14 @@ impl AblConfig {
         }
         if !(self.isolation_ratio > 0.0 && self.isolation_ratio < 0.5) {
             return Err(Error::invalid("isolation ratio", format!("{} must be in (0, 0.5)", self.isolation_ratio)));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.unlearning_lr.is_finite() && self.unlearning_lr > 0.0) {
+            return Err(Error::invalid("ABL learning rates", format!("lr {} and unlearning_lr {} must both be positive", self.lr, self.unlearning_lr)));
+        }
+        if let Some(level) = self.stop_at_isolated_accuracy {
+            if !(0.0..1.0).contains(&level) {
+                return Err(Error::invalid("ABL stop_at_isolated_accuracy", format!("{level} must be in [0, 1); use None to run every unlearning epoch")));
+            }
         }
         if self.isolation_epochs == 0 || self.clean_epochs == 0 || self.unlearning_epochs == 0 {
             return Err(Error::invalid("ABL epochs", "every phase needs at least one epoch"));
@@ -104,14 +128,26 @@ impl AblConfig {
     }
 }
 
-/// LGA: `sign(CE - gamma) * CE` on the batch-mean cross-entropy.
+/// LGA: `sign(CE - gamma) * CE` on the batch-mean cross-entropy, as the official code does.
+/// Records each sample's training-mode cross-entropy per epoch (for the loss curves).
 pub struct LgaLoss {
     pub gamma: f64,
+    /// `(epoch, sample index, cross-entropy)` of every sample seen.
+    pub seen: Vec<(usize, usize, f32)>,
+}
+
+impl LgaLoss {
+    /// LGA with floor `gamma`, recording nothing yet.
+    pub fn new(gamma: f64) -> Self {
+        Self { gamma, seen: Vec::new() }
+    }
 }
 
 impl Objective for LgaLoss {
     fn loss(&mut self, s: &mut Step) -> Result<(Tensor, Tensor)> {
         let logits = s.net.forward(s.x, true)?;
+        let each = per_sample_cross_entropy(&logits.detach(), s.y)?.to_vec1::<f32>()?;
+        self.seen.extend(s.indices.iter().zip(each).map(|(&i, l)| (s.epoch, i, l)));
         let ce = cross_entropy(&logits, s.y, 0.0)?;
         let sign = if ce.to_scalar::<f32>()? as f64 >= self.gamma { 1.0 } else { -1.0 };
         Ok(((ce * sign)?, logits))
@@ -141,6 +177,30 @@ pub struct AblResult {
     pub isolation_precision: f64,
     /// Fraction of all poisoned samples that were isolated.
     pub isolation_recall: f64,
+    /// Per LGA epoch: mean training cross-entropy of the poisoned and of the clean samples
+    /// (empty if the data has no poisoned flags; the defence never reads them).
+    pub lga_losses: Vec<LgaEpoch>,
+    /// The model before unlearning (epoch 0) and after each unlearning epoch that ran.
+    pub unlearning: Vec<UnlearningEpoch>,
+}
+
+/// Mean training loss of poisoned and clean samples in one LGA epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct LgaEpoch {
+    pub epoch: usize,
+    pub poisoned_loss: f64,
+    pub clean_loss: f64,
+}
+
+/// The model after `epoch` unlearning epochs.
+#[derive(Debug, Clone, Copy)]
+pub struct UnlearningEpoch {
+    pub epoch: usize,
+    /// Accuracy on the isolated samples with their (possibly poisoned) labels: the stop signal.
+    pub isolated_accuracy: f64,
+    /// Mean cross-entropy on the isolated samples (eval mode).
+    pub isolated_loss: f64,
+    pub metrics: BackdoorMetrics,
 }
 
 impl AblResult {
@@ -170,6 +230,43 @@ impl Outcome for AblResult {
         let mut rows: Vec<(String, BackdoorMetrics)> = self.baseline.iter().map(|b| ("no defence".to_string(), *b)).collect();
         rows.extend(self.stages.iter().cloned());
         Ok(metrics_figure("Anti-Backdoor Learning", &rows))
+    }
+}
+
+impl AblResult {
+    /// Mean LGA training loss of poisoned and clean samples per isolation epoch, with gamma.
+    pub fn lga_figure(&self, gamma: f64) -> Figure {
+        let p: Vec<(f64, f64)> = self.lga_losses.iter().map(|e| (e.epoch as f64, e.poisoned_loss)).collect();
+        let c: Vec<(f64, f64)> = self.lga_losses.iter().map(|e| (e.epoch as f64, e.clean_loss)).collect();
+        let last = self.lga_losses.len().max(1) as f64;
+        let chart = LineChart::new("ABL isolation: LGA training loss", "LGA epoch", "mean cross-entropy")
+            .series("poisoned samples", p)
+            .series("clean samples", c)
+            .series("gamma", vec![(1.0, gamma), (last, gamma)]);
+        Figure::new(Chart::Lines(chart))
+    }
+
+    /// CA, ASR and accuracy on the isolated samples (%) per unlearning epoch.
+    pub fn unlearning_figure(&self) -> Figure {
+        let pts = |f: &dyn Fn(&UnlearningEpoch) -> f64| self.unlearning.iter().map(|u| (u.epoch as f64, 100.0 * f(u))).collect::<Vec<_>>();
+        let chart = LineChart::new("ABL unlearning, epoch by epoch", "unlearning epoch", "rate (%)")
+            .series("clean accuracy", pts(&|u| u.metrics.clean_accuracy))
+            .series("attack success rate", pts(&|u| u.metrics.attack_success_rate))
+            .series("accuracy on isolated samples", pts(&|u| u.isolated_accuracy))
+            .y_range(0.0, 105.0);
+        Figure::new(Chart::Lines(chart))
+    }
+
+    /// The unlearning trace as a table: epoch, isolated accuracy and loss, CA, ASR.
+    pub fn unlearning_dataframe(&self) -> Result<DataFrame> {
+        let u = &self.unlearning;
+        Ok(DataFrame::new_infer_height(vec![
+            Series::new("unlearning_epoch".into(), u.iter().map(|e| e.epoch as u64).collect::<Vec<_>>()).into(),
+            Series::new("isolated_accuracy".into(), u.iter().map(|e| e.isolated_accuracy).collect::<Vec<_>>()).into(),
+            Series::new("isolated_loss".into(), u.iter().map(|e| e.isolated_loss).collect::<Vec<_>>()).into(),
+            Series::new("ca".into(), u.iter().map(|e| e.metrics.clean_accuracy).collect::<Vec<_>>()).into(),
+            Series::new("asr".into(), u.iter().map(|e| e.metrics.attack_success_rate).collect::<Vec<_>>()).into(),
+        ])?)
     }
 }
 
@@ -206,8 +303,22 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
 
     // Phase 1: LGA.
     let mut net = Network::new(spec, cfg.seed, &Device::Cpu)?;
-    let mut lga = LgaLoss { gamma: cfg.gamma };
+    let mut lga = LgaLoss::new(cfg.gamma);
     train_with(&mut net, train_set, None, &cfg.phase(cfg.isolation_epochs, LrSchedule::Constant { lr: cfg.lr }, 0), &mut lga)?;
+    let lga_losses = match &train_set.attributes.poisoned {
+        Some(flags) => (0..cfg.isolation_epochs)
+            .map(|e| {
+                let (mut sum, mut n) = ([0f64; 2], [0f64; 2]);
+                for &(_, i, l) in lga.seen.iter().filter(|s| s.0 == e) {
+                    let k = flags[i] as usize;
+                    sum[k] += l as f64;
+                    n[k] += 1.0;
+                }
+                LgaEpoch { epoch: e + 1, poisoned_loss: sum[1] / n[1], clean_loss: sum[0] / n[0] }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let mut stages = vec![("ABL: LGA isolation".to_string(), probe.measure(&net)?)];
 
     // Isolate the lowest-loss samples.
@@ -230,23 +341,31 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
     }
     stages.push(("ABL: trained on the rest".to_string(), probe.measure(&net)?));
 
-    // Phase 3: unlearn the isolated samples.
+    // Phase 3: unlearn the isolated samples, one epoch per call so that the model can be
+    // looked at (and the ascent stopped) between epochs.
     let iso = train_set.select(&isolated)?;
-    match cfg.stop_at_isolated_accuracy {
-        None => {
-            let ucfg = cfg.phase(cfg.unlearning_epochs, LrSchedule::Constant { lr: cfg.unlearning_lr }, 2);
-            train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
+    let look = |net: &Network, epoch: usize| -> Result<UnlearningEpoch> {
+        let losses = per_sample_losses(net, &iso)?;
+        Ok(UnlearningEpoch {
+            epoch,
+            isolated_accuracy: crate::train::accuracy(net, &iso)?,
+            isolated_loss: losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64,
+            metrics: probe.measure(net)?,
+        })
+    };
+    let mut unlearning = vec![look(&net, 0)?];
+    let progress = Progress::new("ABL unlearning", cfg.unlearning_epochs as u64, cfg.progress);
+    for e in 0..cfg.unlearning_epochs {
+        let now = unlearning.last().expect("epoch 0 is recorded").isolated_accuracy;
+        if cfg.stop_at_isolated_accuracy.is_some_and(|level| now <= level) {
+            break;
         }
-        Some(level) => {
-            for e in 0..cfg.unlearning_epochs {
-                if crate::train::accuracy(&net, &iso)? <= level {
-                    break;
-                }
-                let ucfg = cfg.phase(1, LrSchedule::Constant { lr: cfg.unlearning_lr }, 100 + e as u64);
-                train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
-            }
-        }
+        let ucfg = TrainConfig { progress: ProgressMode::Hidden, ..cfg.phase(1, LrSchedule::Constant { lr: cfg.unlearning_lr }, 100 + e as u64) };
+        train_with(&mut net, &iso, None, &ucfg, &mut GradientAscent)?;
+        unlearning.push(look(&net, e + 1)?);
+        progress.inc(1);
     }
+    progress.finish();
     stages.push(("ABL: unlearned".to_string(), probe.measure(&net)?));
 
     let (precision, recall) = match &train_set.attributes.poisoned {
@@ -257,5 +376,5 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
         }
         None => (f64::NAN, f64::NAN),
     };
-    Ok(AblResult { baseline, stages, isolated, isolation_precision: precision, isolation_recall: recall })
+    Ok(AblResult { baseline, stages, isolated, isolation_precision: precision, isolation_recall: recall, lga_losses, unlearning })
 }
