@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod hub;
 pub mod kernels;
 pub mod models;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod runtime;

@@ -7,7 +7,7 @@ use super::config::HubConfig;
 use super::error::HubError;
 use super::repo::Repo;
 use crate::error::{Error, Result};
-use crate::train::{Progress, ProgressMode};
+use crate::progress::{Progress, ProgressMode};
 use sha1::Digest as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 use super::checkpoint::{self, CheckpointMeta};
 use super::evaluate::{accuracy, cross_entropy};
 use super::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
-use super::progress::{Progress, ProgressMode};
+use crate::progress::{Progress, ProgressMode};
 use super::schedule::LrSchedule;
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
