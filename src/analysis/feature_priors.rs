@@ -70,8 +70,9 @@ impl Default for FeaturePriorsConfig {
             train: TrainConfig {
                 epochs,
                 batch_size: 32,
-                optimizer: OptimizerConfig::sgd_momentum(),
-                schedule: LrSchedule::Cosine { lr: 0.05, min_lr: 0.0, epochs: epochs as f64 },
+                // The BagNet barely moves under SGD in a dozen short epochs; AdamW does.
+                optimizer: OptimizerConfig::adamw(),
+                schedule: LrSchedule::Cosine { lr: 0.01, min_lr: 0.0, epochs: epochs as f64 },
                 progress: ProgressMode::Hidden,
                 ..TrainConfig::default()
             },
