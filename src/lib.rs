@@ -32,6 +32,7 @@ pub mod prelude {
     pub use crate::analysis::bit_finetune::{BitFinetuneConfig, BitFinetuneResult, BitHyperRule};
     pub use crate::analysis::dataset_artifacts::{DatasetArtifactsConfig, DatasetArtifactsResult};
     pub use crate::analysis::failure_directions::{FailureDirectionsConfig, FailureDirectionsResult};
+    pub use crate::analysis::feature_priors::{FeaturePriorsConfig, FeaturePriorsResult};
     pub use crate::analysis::natural_backdoor_datasets::{MultiLabel, NaturalBackdoorConfig, NaturalBackdoorResult};
     pub use crate::analysis::spurious_patterns::{SpuriousPatternsConfig, SpuriousPatternsResult};
     pub use crate::attacks::{

@@ -7,6 +7,8 @@ pub mod spurious_patterns;
 pub mod dataset_artifacts;
 pub mod natural_backdoor_datasets;
 pub mod classifier_editing;
+pub mod feature_priors;
+pub use feature_priors::{FeaturePriorsConfig, FeaturePriorsResult};
 
 // Transfer analyses (issue 9).
 pub mod bias_transfer;

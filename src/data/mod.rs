@@ -41,4 +41,5 @@ pub use synthetic::{
     SyntheticConfig, GROUP_SPURIOUS, GROUP_SUBGROUP,
 };
 pub use synthetic::{foreground_mask, object_box};
+pub use synthetic::generate_with_colours;
 pub use transforms::{normalise, place_on_canvas, resize, resize_image, to_grayscale, to_rgb, Augment};

@@ -124,6 +124,41 @@ const TEXTURES: [&str; 6] = ["solid", "hstripes", "vstripes", "checker", "dots",
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
+    generate_impl(cfg, None)
+}
+
+/// Like [`generate`], but sample `i` is painted in the colour of class `colour_class[i]`
+/// instead of its own: a colour cue that can agree with the label, be random, or point to a
+/// wrong class (feature-prior and cue-conflict experiments). Shape and texture stay the
+/// class's. `attributes.group` gets [`GROUP_SPURIOUS`] on the samples whose colour is their
+/// own class's (replacing that bit's meaning; the subgroup bit is as in [`generate`]). Everything else, including the random
+/// draws of each sample, is as in [`generate`].
+///
+/// ```
+/// use transferlab::data::{generate, generate_with_colours, SyntheticConfig};
+/// let cfg = SyntheticConfig { num_classes: 3, samples_per_class: 2, size: 8, ..Default::default() };
+/// let own = generate_with_colours(&cfg, &[0, 0, 1, 1, 2, 2])?;
+/// assert_eq!(own.pixels(), generate(&cfg)?.pixels());
+/// let swapped = generate_with_colours(&cfg, &[1, 0, 1, 1, 2, 0])?;
+/// assert_eq!(swapped.attributes.group, Some(vec![0, 1, 1, 1, 1, 0]));
+/// assert!(generate_with_colours(&cfg, &[0, 1]).is_err());
+/// # Ok::<(), transferlab::Error>(())
+/// ```
+pub fn generate_with_colours(cfg: &SyntheticConfig, colour_class: &[u32]) -> Result<Dataset> {
+    let n = cfg.num_classes * cfg.samples_per_class;
+    if colour_class.len() != n {
+        return Err(Error::invalid(
+            "colour classes",
+            format!("{} given for {n} samples; give one class per sample (num_classes * samples_per_class)", colour_class.len()),
+        ));
+    }
+    if let Some(&c) = colour_class.iter().find(|&&c| c as usize >= cfg.num_classes) {
+        return Err(Error::invalid("colour classes", format!("class {c} is out of range for {} classes", cfg.num_classes)));
+    }
+    generate_impl(cfg, Some(colour_class))
+}
+
+fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>) -> Result<Dataset> {
     validate(cfg)?;
     let (nc, spc, s) = (cfg.num_classes, cfg.samples_per_class, cfg.size);
     let n = nc * spc;
@@ -144,11 +179,17 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
     let mut pixels = vec![0f32; n * per];
     pixels.par_chunks_mut(per).enumerate().for_each(|(i, img)| {
         let mut r = rng::stream_at(cfg.seed, "data/synthetic/sample", i as u64);
-        render(img, s, i, i / spc, groups[i], cfg, &mut r);
+        let hue_class = colour_class.map_or(i / spc, |c| c[i] as usize);
+        render(img, s, i, i / spc, hue_class, groups[i], cfg, &mut r);
     });
     let labels = (0..n).map(|i| (i / spc) as u32).collect();
     let mut ds = Dataset::new(pixels, (3, s, s), labels, class_names(nc))?;
-    if cfg.spurious.is_some() || cfg.subgroup.is_some() {
+    if let Some(cc) = colour_class {
+        for (i, g) in groups.iter_mut().enumerate() {
+            *g = (*g & !GROUP_SPURIOUS) | if cc[i] as usize == i / spc { GROUP_SPURIOUS } else { 0 };
+        }
+    }
+    if cfg.spurious.is_some() || cfg.subgroup.is_some() || colour_class.is_some() {
         ds.attributes.group = Some(groups);
     }
     Ok(ds)
@@ -367,12 +408,13 @@ impl Params {
     }
 }
 
-fn render(img: &mut [f32], s: usize, index: usize, class: usize, group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
+#[allow(clippy::too_many_arguments)]
+fn render(img: &mut [f32], s: usize, index: usize, class: usize, hue_class: usize, group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
     let p = Params::draw(r);
     let Params { bg_level, bg_jitter, grad_angle, grad, hue_jitter, sat, val, freq, phase, .. } = p;
     let shape = class % SHAPES.len();
     let mut texture = class % TEXTURES.len();
-    let mut hue = class_hue(class);
+    let mut hue = class_hue(hue_class);
     if group & GROUP_SUBGROUP != 0 {
         match cfg.subgroup.map(|g| g.kind) {
             Some(SubgroupKind::Colour) => hue += 0.5,

@@ -80,6 +80,8 @@ fn layout_of(arch: &Arch, d: usize) -> Result<(usize, usize)> {
         Arch::Backdoored { base, .. } => layout_of(base, d),
         Arch::ConvNet { width, .. } => Ok((*width, d / width)),
         Arch::SmallCnn => Ok((128, d / 128)),
+        // Globally pooled channels of the last 1x1 convolution.
+        Arch::BagNet { .. } => Ok((d, 1)),
         Arch::CifarResNet { .. } | Arch::PreActResNet18 | Arch::ResNet18 | Arch::ResNet50 | Arch::ResNetV2 { .. } => Ok((d, 1)),
         Arch::Mlp { .. } => Err(Error::invalid(
             "model for fine-pruning",

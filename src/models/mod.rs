@@ -8,6 +8,7 @@ pub mod init;
 pub mod layers;
 mod backdoored;
 mod badnets_cnn;
+mod bagnet;
 mod cifar_resnet;
 mod convnet;
 mod mlp;
@@ -56,6 +57,7 @@ pub fn build_body(spec: &ModelSpec, vb: VarBuilder) -> Result<Arc<dyn Body>> {
         Arch::ResNetV2 { stem, widths, depths, groups } => {
             Arc::new(resnetv2::ResNetV2Body::new(spec.input.0, *stem, widths, depths, *groups, vb)?)
         }
+        Arch::BagNet { width, depth, patch } => Arc::new(bagnet::BagNetBody::new(spec.input.0, *width, *depth, *patch, vb)?),
         Arch::Backdoored { base, detector } => {
             let inner = build_body(&ModelSpec { arch: (**base).clone(), ..spec.clone() }, vb)?;
             Arc::new(backdoored::BackdooredBody::new(inner, *detector, spec.num_classes))

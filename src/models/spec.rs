@@ -41,6 +41,11 @@ pub enum Arch {
     ResNet18,
     /// torchvision/timm ResNet-50 (Bottleneck), head `fc`.
     ResNet50,
+    /// A bag-of-local-features network (BagNet-style, Brendel & Bethge 2019): one `patch` x
+    /// `patch` convolution (no padding) then `depth` 1x1 convolutions at `width` channels, each
+    /// with ReLU, and global average pooling. Every feature, hence every patch logit of the
+    /// linear head (`fc`), sees one `patch` x `patch` window: a texture prior.
+    BagNet { width: usize, depth: usize, patch: usize },
     /// Pre-activation ResNet v2 with GroupNorm and weight standardisation (BiT), timm's
     /// `resnetv2_*_bit` names (`stem.conv`, `stages.N.blocks.M.*`, `norm`), head `head.fc`.
     /// `stem` stem channels, stage output `widths` (bottleneck width a quarter of each),
@@ -81,6 +86,7 @@ pub const MODEL_NAMES: &[(&str, &str)] = &[
     ("resnet18", "ResNet-18 (torchvision names)"),
     ("resnet50", "ResNet-50 (torchvision names)"),
     ("resnetv2-50x1-bit", "BiT ResNetV2-50x1, GroupNorm + weight standardisation (timm's resnetv2_50x1_bit names)"),
+    ("bagnet-3", "BagNet-style texture prior: 3x3 receptive field, width 64, two 1x1 layers, global average pool"),
     ("resnetv2-tiny", "ResNetV2 (BiT blocks) at 1/16 width, one block per stage, 8 groups: trains on 2 cores"),
 ];
 
@@ -103,6 +109,7 @@ impl ModelSpec {
             "resnetv2-50x1-bit" | "resnetv2_50x1_bit" => {
                 Arch::ResNetV2 { stem: 64, widths: vec![256, 512, 1024, 2048], depths: vec![3, 4, 6, 3], groups: 32 }
             }
+            "bagnet-3" => Arch::BagNet { width: 64, depth: 2, patch: 3 },
             "resnetv2-tiny" => Arch::ResNetV2 { stem: 16, widths: vec![32, 64, 128, 256], depths: vec![1, 1, 1, 1], groups: 8 },
             other => {
                 let known: Vec<&str> = MODEL_NAMES.iter().map(|(n, _)| *n).collect();
@@ -141,6 +148,7 @@ impl ModelSpec {
             Arch::CifarResNet { .. } | Arch::PreActResNet18 => "linear",
             Arch::ResNet18 | Arch::ResNet50 => "fc",
             Arch::ResNetV2 { .. } => "head.fc",
+            Arch::BagNet { .. } => "fc",
             Arch::Backdoored { .. } => unreachable!("handled above"),
         }
     }
@@ -192,6 +200,12 @@ impl ModelSpec {
                     ));
                 }
                 16
+            }
+            Arch::BagNet { width, patch, .. } => {
+                if width == 0 || patch == 0 {
+                    return Err(Error::invalid("BagNet shape", format!("width {width}, patch {patch}: both must be at least 1")));
+                }
+                patch
             }
             Arch::Backdoored { .. } => unreachable!("handled above"),
         };

@@ -1,0 +1,165 @@
+//! Feature priors and co-training on the colour-cue setting.
+
+use transferlab::analysis::feature_priors::{colour_cue_splits, run, ColourCueConfig, ColourCueSplits, FeaturePriorsConfig};
+use transferlab::data::generate;
+use transferlab::models::{Arch, Norm};
+use transferlab::report::Outcome;
+use transferlab::train::{LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
+
+fn tiny_data() -> ColourCueSplits {
+    colour_cue_splits(&ColourCueConfig {
+        num_classes: 3,
+        size: 8,
+        labelled_per_class: 6,
+        unlabelled_per_class: 12,
+        test_per_class: 10,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn tiny_config() -> FeaturePriorsConfig {
+    FeaturePriorsConfig {
+        shape_arch: Arch::ConvNet { width: 8, depth: 2, norm: Norm::Instance },
+        texture_arch: Arch::BagNet { width: 8, depth: 1, patch: 3 },
+        train: TrainConfig {
+            epochs: 4,
+            batch_size: 16,
+            optimizer: OptimizerConfig::sgd_momentum(),
+            schedule: LrSchedule::Constant { lr: 0.05 },
+            progress: ProgressMode::Hidden,
+            ..TrainConfig::default()
+        },
+        eras: 2,
+        fraction_per_era: 0.5,
+        progress: ProgressMode::Hidden,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn eras_exchange_pseudo_labels_and_runs_repeat() {
+    let s = tiny_data();
+    let cfg = tiny_config();
+    let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    // Two schemes x (labelled-only + 2 eras) x (shape, texture, combined).
+    assert_eq!(r.eras.len(), 2 * 3 * 3);
+    // Era 1 starts from the same labelled-only models in both schemes, so the co-trained
+    // shape model gets exactly the pseudo-labels the self-trained texture model made.
+    let co_shape = r.record("co-training", "shape", 1).unwrap();
+    let self_texture = r.record("self-training", "texture", 1).unwrap();
+    assert_eq!(co_shape.pseudo_labels, self_texture.pseudo_labels);
+    assert_eq!(co_shape.pseudo_label_accuracy.to_bits(), self_texture.pseudo_label_accuracy.to_bits());
+    // Half the pool per era, class-balanced: at most 6 per class in era 1, 12 in era 2.
+    assert!(co_shape.pseudo_labels <= 18 && co_shape.pseudo_labels > 0, "{co_shape:?}");
+    let last = r.last("co-training", "texture").unwrap();
+    assert_eq!((last.era, last.fraction), (2, 1.0));
+    assert!(last.pseudo_labels <= 36 && last.pseudo_labels > co_shape.pseudo_labels.min(18) / 2);
+    for rec in &r.eras {
+        assert!((0.0..=1.0).contains(&rec.test_accuracy) && (0.0..=1.0).contains(&rec.flipped_accuracy));
+    }
+    assert_eq!(r.to_dataframe().unwrap().height(), 9);
+    assert_eq!(r.eras_dataframe().unwrap().height(), 18);
+    assert!(r.figure().unwrap().to_png().unwrap().len() > 1000);
+    assert!(r.summary_figure().unwrap().to_png().unwrap().len() > 1000);
+    let again = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    // Debug text compares the NaN pseudo-label accuracies as equal.
+    assert_eq!(format!("{r:?}"), format!("{again:?}"));
+}
+
+#[test]
+fn a_texture_prior_trained_on_a_perfect_colour_cue_follows_the_colour() {
+    // The spurious-correlation premise: with the colour always matching the class in the
+    // labelled data, the small-receptive-field model is fooled when the colour points to the
+    // wrong class, while the edge model never sees colour.
+    let s = colour_cue_splits(&ColourCueConfig {
+        num_classes: 3,
+        size: 8,
+        labelled_per_class: 20,
+        unlabelled_per_class: 4,
+        test_per_class: 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = FeaturePriorsConfig { eras: 1, fraction_per_era: 0.25, ..tiny_config() };
+    cfg.train.epochs = 30;
+    let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    let texture = r.record("self-training", "texture", 0).unwrap();
+    let shape = r.record("self-training", "shape", 0).unwrap();
+    assert!(texture.flipped_accuracy < 0.2, "texture prior on flipped colours: {texture:?}");
+    assert!(shape.flipped_accuracy > 0.5, "shape prior on flipped colours: {shape:?}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let s = tiny_data();
+    let cfg = tiny_config();
+    let empty = s.labelled.select(&[]).unwrap();
+    let e = run(&empty, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap_err();
+    assert!(e.to_string().contains("labelled set is empty"), "{e}");
+    let e = run(&s.labelled, &empty, &s.test, &s.flipped, &cfg).unwrap_err();
+    assert!(e.to_string().contains("unlabelled set is empty"), "{e}");
+    for f in [0.0, -0.5, 1.5, f64::NAN] {
+        let e = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &FeaturePriorsConfig { fraction_per_era: f, ..tiny_config() }).unwrap_err();
+        assert!(e.to_string().contains("fraction_per_era"), "{e}");
+    }
+    let e = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &FeaturePriorsConfig { eras: 0, ..tiny_config() }).unwrap_err();
+    assert!(e.to_string().contains("eras"), "{e}");
+    let other = generate(&transferlab::data::SyntheticConfig { num_classes: 3, samples_per_class: 4, size: 12, ..Default::default() }).unwrap();
+    let e = run(&s.labelled, &s.unlabelled, &other, &s.flipped, &cfg).unwrap_err();
+    assert!(e.to_string().contains("test set has image shape (3, 12, 12)"), "{e}");
+    let e = colour_cue_splits(&ColourCueConfig { num_classes: 9, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("2 to 8"), "{e}");
+    let e = colour_cue_splits(&ColourCueConfig { labelled_cue_rate: 1.2, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("labelled_cue_rate"), "{e}");
+}
+
+fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+/// Exploration of the notebook's settings: `K=6 SIZE=16 ... cargo test --test
+/// analysis_feature_priors -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn explore() {
+    let t = std::time::Instant::now();
+    let data = ColourCueConfig {
+        num_classes: env("K", 6),
+        size: env("SIZE", 16),
+        labelled_per_class: env("LAB", 10),
+        unlabelled_per_class: env("POOL", 100),
+        test_per_class: env("TEST", 100),
+        labelled_cue_rate: env("LABRATE", 1.0),
+        unlabelled_cue_rate: env("POOLRATE", 0.0),
+        ..Default::default()
+    };
+    let s = colour_cue_splits(&data).unwrap();
+    let epochs: usize = env("EPOCHS", 12);
+    let lr: f64 = env("LR", 0.05);
+    let optimizer = if env("OPT", "sgd".to_string()) == "adam" { OptimizerConfig::adamw() } else { OptimizerConfig::sgd_momentum() };
+    let cfg = FeaturePriorsConfig {
+        shape_arch: Arch::ConvNet { width: env("SW", 32), depth: env("SD", 2), norm: Norm::Instance },
+        texture_arch: Arch::BagNet { width: env("TW", 32), depth: env("TD", 2), patch: env("TP", 3) },
+        train: TrainConfig {
+            epochs,
+            batch_size: env("BATCH", 32),
+            optimizer,
+            schedule: LrSchedule::Cosine { lr, min_lr: 0.0, epochs: epochs as f64 },
+            progress: ProgressMode::Hidden,
+            ..TrainConfig::default()
+        },
+        eras: env("ERAS", 4),
+        fraction_per_era: env("FRAC", 0.25),
+        progress: ProgressMode::Bar,
+        ..Default::default()
+    };
+    let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    let df = r.eras_dataframe().unwrap();
+    for row in &r.eras {
+        println!("{} {:>13} {:>8} frac {:.2} test {:.3} flip {:.3} pseudo {} acc {:.3}", row.era, row.scheme, row.model, row.fraction, row.test_accuracy, row.flipped_accuracy, row.pseudo_labels, row.pseudo_label_accuracy);
+    }
+    let _ = df;
+    println!("{}", r.to_dataframe().unwrap());
+    println!("agreement {:.3}, {:.1}s", r.labelled_only_agreement, t.elapsed().as_secs_f64());
+}
