@@ -7,7 +7,7 @@ use super::error::HubError;
 use super::repo::Repo;
 use crate::data::{normalise, resize, Dataset};
 use crate::error::{Error, Result};
-use crate::models::{LoadMode, ModelSpec, Network};
+use crate::models::{Clip, ClipConfig, ClipTokenizer, LoadMode, ModelSpec, Network, Vit, VitConfig};
 use crate::weights::{read_weights, NamedTensors};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -98,9 +98,9 @@ fn center_crop(ds: &Dataset, size: usize) -> Result<Dataset> {
 pub enum Family {
     /// One of our [`Network`] architectures.
     Network(ModelSpec),
-    /// CLIP through candle-transformers (loader not written yet: see the hub module docs).
+    /// CLIP ([`crate::models::Clip`]): `config.json`, the weights, `vocab.json`, `merges.txt`.
     Clip,
-    /// ViT through candle-transformers (loader not written yet).
+    /// ViT ([`crate::models::Vit`]): `config.json` and the weights.
     Vit,
 }
 
@@ -224,6 +224,79 @@ impl ModelRegistry {
         Ok(())
     }
 
+
+    /// Register a CLIP or ViT stored in a hub repository in HF's layout (`config.json`,
+    /// `file`, and for CLIP `vocab.json` + `merges.txt`).
+    pub fn register_hub_transformer(&mut self, name: &str, repo: Repo, file: &str, family: Family, preprocess: Preprocess) -> Result<()> {
+        if matches!(family, Family::Network(_)) {
+            return Err(Error::invalid("model family", "use register_hub for Network architectures; this is for Family::Clip / Family::Vit"));
+        }
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(Error::invalid("model name", format!("{name:?} is already registered; pick another name")));
+        }
+        self.entries.push(ModelEntry {
+            name: name.into(),
+            family,
+            source: Source::Hub { repo, file: file.into() },
+            preprocess,
+            about: "registered hub transformer".into(),
+        });
+        Ok(())
+    }
+
+    /// A companion file of `name`'s weights (`config.json`, `vocab.json`...): from the same
+    /// hub repository, or next to a local weight file.
+    fn sibling(&self, hub: &Hub, name: &str, file: &str) -> Result<PathBuf> {
+        match &self.get(name)?.source {
+            Source::Hub { repo, .. } => hub.get(repo, file),
+            Source::Local(p) => {
+                let q = p.parent().map(|d| d.join(file)).unwrap_or_else(|| PathBuf::from(file));
+                if q.is_file() {
+                    Ok(q)
+                } else {
+                    Err(Error::invalid("model files", format!("{name} needs {} next to its weights {}", q.display(), p.display())))
+                }
+            }
+        }
+    }
+
+    fn read_config(&self, hub: &Hub, name: &str) -> Result<String> {
+        let p = self.sibling(hub, name, "config.json")?;
+        std::fs::read_to_string(&p).map_err(|e| Error::Io { action: "reading model config", path: p, source: e })
+    }
+
+    /// A pretrained CLIP with its tokenizer and preprocessing, by name.
+    pub fn load_clip(&self, hub: &Hub, name: &str, device: &Device) -> Result<ClipBundle> {
+        let entry = self.get(name)?;
+        if entry.family != Family::Clip {
+            return Err(Error::invalid("model", format!("{name} is not a CLIP model ({:?})", entry.family)));
+        }
+        let config = ClipConfig::from_json(&self.read_config(hub, name)?)?;
+        let vocab = self.sibling(hub, name, "vocab.json")?;
+        let merges = self.sibling(hub, name, "merges.txt")?;
+        let tokenizer = ClipTokenizer::from_files(&vocab, &merges, config.text_config.max_position_embeddings)?;
+        if tokenizer.vocab_size() > config.text_config.vocab_size {
+            return Err(Error::invalid(
+                "CLIP tokenizer",
+                format!("{name}'s vocab.json has {} tokens but the text tower only {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+            ));
+        }
+        let path = self.weights_path(hub, name)?;
+        let model = Clip::from_tensors(&config, read_weights(&path)?, device)?;
+        Ok(ClipBundle { name: name.into(), model, tokenizer, preprocess: entry.preprocess.clone() })
+    }
+
+    /// A pretrained ViT with its preprocessing, by name.
+    pub fn load_vit(&self, hub: &Hub, name: &str, device: &Device) -> Result<(Vit, Preprocess)> {
+        let entry = self.get(name)?;
+        if entry.family != Family::Vit {
+            return Err(Error::invalid("model", format!("{name} is not a ViT model ({:?})", entry.family)));
+        }
+        let config = VitConfig::from_json(&self.read_config(hub, name)?)?;
+        let path = self.weights_path(hub, name)?;
+        Ok((Vit::from_tensors(&config, read_weights(&path)?, device)?, entry.preprocess.clone()))
+    }
+
     /// The entry of `name`.
     pub fn get(&self, name: &str) -> Result<&ModelEntry> {
         self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
@@ -253,7 +326,7 @@ impl ModelRegistry {
         let Family::Network(spec) = &entry.family else {
             return Err(Error::invalid(
                 "model",
-                format!("{name} is a candle-transformers model (CLIP/ViT), not one of the Network architectures; its loader is not written yet, `tlab fetch {name}` downloads its files"),
+                format!("{name} is a transformer (CLIP/ViT), not one of the Network architectures; load it with load_clip / load_vit"),
             ));
         };
         let path = self.weights_path(hub, name)?;
@@ -278,4 +351,13 @@ pub fn timm_to_ours(mut t: NamedTensors, spec: &ModelSpec) -> Result<NamedTensor
         }
     }
     Ok(t)
+}
+
+/// A loaded CLIP: the model, its tokenizer and its image preprocessing.
+#[derive(Debug, Clone)]
+pub struct ClipBundle {
+    pub name: String,
+    pub model: Clip,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: Preprocess,
 }
