@@ -43,6 +43,62 @@ impl Preprocess {
         Self { resize: (input as f64 / crop_pct).floor() as usize, crop: input, interpolation, mean, std }
     }
 
+    /// From a transformers `preprocessor_config.json` (`size` as a number or
+    /// `{"shortest_edge": n}` / `{"height": h, "width": w}`, `crop_size` likewise,
+    /// `image_mean`, `image_std`, `resample` 2 = bilinear, 3 = bicubic).
+    ///
+    /// ```
+    /// use transferlab::hub::Preprocess;
+    /// let p = Preprocess::from_hf_json(r#"{"crop_size": 224, "do_center_crop": true, "image_mean": [0.5, 0.5, 0.5],
+    ///     "image_std": [0.5, 0.5, 0.5], "resample": 3, "size": {"shortest_edge": 224}}"#)?;
+    /// assert_eq!((p.resize, p.crop, p.interpolation), (224, 224, "bicubic"));
+    /// assert_eq!(Preprocess::from_hf_json(&p.to_hf_json())?, p);
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let bad = |why: String| Error::invalid("preprocessor_config.json", why);
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let side = |x: &serde_json::Value| -> Option<usize> {
+            x.as_u64()
+                .or_else(|| x.get("shortest_edge").and_then(|s| s.as_u64()))
+                .or_else(|| x.get("height").and_then(|s| s.as_u64()))
+                .map(|s| s as usize)
+        };
+        let resize = v.get("size").and_then(side).ok_or_else(|| bad("no usable \"size\" (a number or {\"shortest_edge\": n})".into()))?;
+        let crop = match v.get("do_center_crop").and_then(|b| b.as_bool()) {
+            Some(false) => resize,
+            _ => v.get("crop_size").and_then(side).unwrap_or(resize),
+        };
+        let triple = |key: &str| -> Result<[f32; 3]> {
+            let a = v.get(key).and_then(|a| a.as_array()).ok_or_else(|| bad(format!("no \"{key}\" list")))?;
+            let f: Vec<f32> = a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect();
+            f.try_into().map_err(|_| bad(format!("\"{key}\" must hold 3 numbers")))
+        };
+        let interpolation = match v.get("resample").and_then(|r| r.as_u64()) {
+            Some(3) => "bicubic",
+            Some(0) => "nearest",
+            _ => "bilinear",
+        };
+        Ok(Self { resize, crop, interpolation, mean: triple("image_mean")?, std: triple("image_std")? })
+    }
+
+    /// As a transformers `preprocessor_config.json` (CLIP's image processor fields).
+    pub fn to_hf_json(&self) -> String {
+        let resample = match self.interpolation {
+            "bicubic" => 3,
+            "nearest" => 0,
+            _ => 2,
+        };
+        serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": true, "size": {"shortest_edge": self.resize},
+            "do_center_crop": true, "crop_size": {"height": self.crop, "width": self.crop},
+            "do_normalize": true, "image_mean": self.mean, "image_std": self.std, "resample": resample,
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+        })
+        .to_string()
+    }
+
     /// Apply to a dataset of [0, 1] images (gray images are repeated to three channels).
     ///
     /// ```
@@ -265,6 +321,17 @@ impl ModelRegistry {
         std::fs::read_to_string(&p).map_err(|e| Error::Io { action: "reading model config", path: p, source: e })
     }
 
+    /// The repository's `preprocessor_config.json` where it has one, else the registry's.
+    fn hub_preprocess(&self, hub: &Hub, name: &str) -> Result<Preprocess> {
+        match self.sibling(hub, name, "preprocessor_config.json") {
+            Ok(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))?;
+                Preprocess::from_hf_json(&text)
+            }
+            Err(_) => Ok(self.get(name)?.preprocess.clone()),
+        }
+    }
+
     /// A pretrained CLIP with its tokenizer and preprocessing, by name.
     pub fn load_clip(&self, hub: &Hub, name: &str, device: &Device) -> Result<ClipBundle> {
         let entry = self.get(name)?;
@@ -283,7 +350,7 @@ impl ModelRegistry {
         }
         let path = self.weights_path(hub, name)?;
         let model = Clip::from_tensors(&config, read_weights(&path)?, device)?;
-        Ok(ClipBundle { name: name.into(), model, tokenizer, preprocess: entry.preprocess.clone() })
+        Ok(ClipBundle { name: name.into(), model, tokenizer, preprocess: self.hub_preprocess(hub, name)? })
     }
 
     /// A pretrained ViT with its preprocessing, by name.
@@ -294,7 +361,7 @@ impl ModelRegistry {
         }
         let config = VitConfig::from_json(&self.read_config(hub, name)?)?;
         let path = self.weights_path(hub, name)?;
-        Ok((Vit::from_tensors(&config, read_weights(&path)?, device)?, entry.preprocess.clone()))
+        Ok((Vit::from_tensors(&config, read_weights(&path)?, device)?, self.hub_preprocess(hub, name)?))
     }
 
     /// The entry of `name`.
