@@ -227,7 +227,7 @@ impl Outcome for ZeroShotResult {
         if let Some((a, _)) = self.probe {
             chart = chart.series(&format!("linear probe ({:.1}%)", 100.0 * a), self.per_class.iter().map(|c| c.2.unwrap_or(0.0)).collect());
         }
-        Ok(Figure::new(Chart::Bars(chart.y_range(0.0, 1.0))).with_size(1000, 500))
+        Ok(Figure::new(Chart::Bars(chart.y_range(0.0, 1.0))).with_size(1300, 500))
     }
 }
 
@@ -285,4 +285,27 @@ pub fn run(clip: &ClipBundle, train: &Dataset, test: &Dataset, cfg: &ZeroShotCon
         n_train: if cfg.linear_probe { train.len() } else { 0 },
         n_test: test.len(),
     })
+}
+
+/// The released CLIP the notebook uses where the hub answers.
+pub const OPENAI_CLIP: &str = "openai/clip-vit-base-patch32";
+/// CIFAR-10 on the hub.
+pub const CIFAR10: &str = "uoft-cs/cifar10";
+
+/// Whether `hub` can serve the released CLIP and CIFAR-10: their listings answer (or are
+/// cached from an earlier run). False offline with nothing cached, or without network.
+pub fn real_clip_available(hub: &crate::hub::Hub) -> bool {
+    use crate::hub::Repo;
+    hub.info(&Repo::model(OPENAI_CLIP)).is_ok() && hub.info(&Repo::dataset(CIFAR10)).is_ok()
+}
+
+/// The first `n_train` CIFAR-10 training and `n_test` test images (the splits are shuffled
+/// on the hub, so the first images cover every class).
+pub fn cifar10(hub: &crate::hub::Hub, n_train: usize, n_test: usize) -> Result<(Dataset, Dataset)> {
+    use crate::hub::{load_dataset, DatasetRequest};
+    let take = |split: &str, n: usize| -> Result<Dataset> {
+        let ds = load_dataset(hub, &DatasetRequest::new(CIFAR10, split))?;
+        ds.select(&(0..n.min(ds.len())).collect::<Vec<_>>())
+    };
+    Ok((take("train", n_train)?, take("test", n_test)?))
 }
