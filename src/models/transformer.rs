@@ -94,6 +94,23 @@ pub struct EncoderShape {
     pub act: Activation,
 }
 
+/// A linear layer on (..., in) inputs as one 2-D matrix product: candle's `Linear` on a
+/// 3-D input broadcasts the weight over the batch, a batched product whose backward pass
+/// costs several times the flat one on the CPU.
+fn flat(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let d = *dims.last().expect("non-scalar input");
+    let rows = x.elem_count() / d;
+    let y = x.reshape((rows, d))?.matmul(&l.weight().t()?)?;
+    let y = match l.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("non-scalar input") = y.dim(1)?;
+    y.reshape(out)
+}
+
 /// One pre-LN block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -140,7 +157,7 @@ impl Block {
         let h = self.ln1.forward(x)?;
         let x = (x + self.attention(&h, mask)?)?;
         let h = self.ln2.forward(&x)?;
-        let h = self.fc2.forward(&self.act.apply(&self.fc1.forward(&h)?)?)?;
+        let h = flat(&self.fc2, &self.act.apply(&flat(&self.fc1, &h)?)?)?;
         x + h
     }
 
@@ -148,15 +165,15 @@ impl Block {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.heads;
         let split = |y: Tensor| -> Result<Tensor> { y.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous() };
-        let q = split(self.q.forward(x)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = split(flat(&self.q, x)?)?;
+        let k = split(flat(&self.k, x)?)?;
+        let v = split(flat(&self.v, x)?)?;
         let mut scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
         let attn = softmax_last(&scores)?.matmul(&v)?;
-        self.o.forward(&attn.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?)
+        flat(&self.o, &attn.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?)
     }
 }
 
