@@ -6,6 +6,11 @@
 //!   downloaded (progress shown, resumed after a dropped connection, verified against the
 //!   hub's sha256/git-sha1 etag) into `models--org--name/{blobs,snapshots,refs}`.
 //! - [`LoopbackHub`]: a local hub for tests and notebooks.
+//! - [`ModelRegistry`]: models by hub id; [`ModelRegistry::load_clip`] and
+//!   [`ModelRegistry::load_vit`] read HF-layout repositories (`config.json`, weights,
+//!   `vocab.json` + `merges.txt`, `preprocessor_config.json`) into our own ViT and CLIP
+//!   ([`crate::models::Vit`], [`crate::models::Clip`]; not candle-transformers, whose build
+//!   is too costly on 2 cores and again in every notebook kernel).
 //!
 //! Why not the `hf-hub` crate: its 1.0 release is async (tokio + reqwest + hf-xet), a large
 //! build for what is four HTTP requests; this module does the same protocol over `ureq`
