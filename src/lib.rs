@@ -55,4 +55,7 @@ pub mod prelude {
     pub use candle_core::Device;
     // Transfer analyses (issue 9).
     pub use crate::analysis::{BiasTransferConfig, LinearProbeConfig, SourceInfluenceConfig};
+    // CLIP zero-shot (issue 6).
+    pub use crate::analysis::{ContrastiveConfig, PretrainedClip, ZeroShotConfig, ZeroShotResult};
+    pub use crate::hub::{ClipBundle, Hub, HubConfig, LoopbackHub, ModelRegistry};
 }

@@ -131,3 +131,27 @@ fn generator_matches_the_script() {
     assert!(u.iter().all(|v| (-0.5..0.5).contains(v)));
     assert_ne!(u[0], u[1]);
 }
+
+#[test]
+fn vit_matches_transformers() {
+    use transferlab::models::{Vit, VitConfig};
+    let fx = fixture("vit_tiny");
+    let cfg = VitConfig::from_json(&fx["config"].to_string()).unwrap();
+    assert_eq!(cfg.num_labels(), 5);
+    // The fixture has transformers 5's state-dict names; Vit renames them onto the hub's.
+    let vit = Vit::from_tensors(&cfg, hub_tensors(&fx), &Device::Cpu).unwrap();
+    compare(&fx, "logits", &vit.forward(&input(&fx, "pixel_values")).unwrap());
+}
+
+#[test]
+fn clip_matches_transformers() {
+    use transferlab::models::{Clip, ClipConfig};
+    let fx = fixture("clip_tiny");
+    let cfg = ClipConfig::from_json(&fx["config"].to_string()).unwrap();
+    let clip = Clip::from_tensors(&cfg, hub_tensors(&fx), &Device::Cpu).unwrap();
+    compare(&fx, "image_embeds", &clip.image_embeds(&input(&fx, "pixel_values")).unwrap());
+    let ids: Vec<Vec<u32>> = serde_json::from_value(fx["input_ids"].clone()).unwrap();
+    let (n, t) = (ids.len(), ids[0].len());
+    let ids = Tensor::from_vec(ids.concat(), (n, t), &Device::Cpu).unwrap();
+    compare(&fx, "text_embeds", &clip.text_embeds(&ids).unwrap());
+}

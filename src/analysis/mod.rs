@@ -20,3 +20,9 @@ pub mod source_influence;
 pub use source_influence::{SourceInfluenceConfig, SourceInfluenceResult};
 pub mod bit_finetune;
 pub use bit_finetune::{BitFinetuneConfig, BitFinetuneResult, BitHyperRule};
+
+// CLIP zero-shot and linear probe (issue 6).
+pub mod clip_pretrain;
+pub use clip_pretrain::{ContrastiveConfig, PretrainedClip};
+pub mod zero_shot;
+pub use zero_shot::{ZeroShotConfig, ZeroShotResult};

@@ -6,6 +6,11 @@
 //!   downloaded (progress shown, resumed after a dropped connection, verified against the
 //!   hub's sha256/git-sha1 etag) into `models--org--name/{blobs,snapshots,refs}`.
 //! - [`LoopbackHub`]: a local hub for tests and notebooks.
+//! - [`ModelRegistry`]: models by hub id; [`ModelRegistry::load_clip`] and
+//!   [`ModelRegistry::load_vit`] read HF-layout repositories (`config.json`, weights,
+//!   `vocab.json` + `merges.txt`, `preprocessor_config.json`) into our own ViT and CLIP
+//!   ([`crate::models::Vit`], [`crate::models::Clip`]; not candle-transformers, whose build
+//!   is too costly on 2 cores and again in every notebook kernel).
 //!
 //! Why not the `hf-hub` crate: its 1.0 release is async (tokio + reqwest + hf-xet), a large
 //! build for what is four HTTP requests; this module does the same protocol over `ureq`
@@ -27,6 +32,6 @@ pub use repo::{is_commit, Repo, RepoKind};
 mod datasets;
 pub use datasets::{fetch_split, load_dataset, parse_card_features, split_files, DatasetRequest, Feature, HUB_DATASETS};
 mod models;
-pub use models::{timm_to_ours, Family, ModelEntry, ModelRegistry, Preprocess, Source, CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD};
+pub use models::{timm_to_ours, ClipBundle, Family, ModelEntry, ModelRegistry, Preprocess, Source, CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD};
 mod fetch;
 pub use fetch::{fetch, files_to_fetch, repo_for_id};

@@ -7,7 +7,7 @@ use super::error::HubError;
 use super::repo::Repo;
 use crate::data::{normalise, resize, Dataset};
 use crate::error::{Error, Result};
-use crate::models::{LoadMode, ModelSpec, Network};
+use crate::models::{Clip, ClipConfig, ClipTokenizer, LoadMode, ModelSpec, Network, Vit, VitConfig};
 use crate::weights::{read_weights, NamedTensors};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -41,6 +41,62 @@ impl Preprocess {
     /// timm's eval transform for `input` pixels at `crop_pct`: resize to `floor(input / crop_pct)`.
     pub fn timm(input: usize, crop_pct: f64, interpolation: &'static str, mean: [f32; 3], std: [f32; 3]) -> Self {
         Self { resize: (input as f64 / crop_pct).floor() as usize, crop: input, interpolation, mean, std }
+    }
+
+    /// From a transformers `preprocessor_config.json` (`size` as a number or
+    /// `{"shortest_edge": n}` / `{"height": h, "width": w}`, `crop_size` likewise,
+    /// `image_mean`, `image_std`, `resample` 2 = bilinear, 3 = bicubic).
+    ///
+    /// ```
+    /// use transferlab::hub::Preprocess;
+    /// let p = Preprocess::from_hf_json(r#"{"crop_size": 224, "do_center_crop": true, "image_mean": [0.5, 0.5, 0.5],
+    ///     "image_std": [0.5, 0.5, 0.5], "resample": 3, "size": {"shortest_edge": 224}}"#)?;
+    /// assert_eq!((p.resize, p.crop, p.interpolation), (224, 224, "bicubic"));
+    /// assert_eq!(Preprocess::from_hf_json(&p.to_hf_json())?, p);
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let bad = |why: String| Error::invalid("preprocessor_config.json", why);
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let side = |x: &serde_json::Value| -> Option<usize> {
+            x.as_u64()
+                .or_else(|| x.get("shortest_edge").and_then(|s| s.as_u64()))
+                .or_else(|| x.get("height").and_then(|s| s.as_u64()))
+                .map(|s| s as usize)
+        };
+        let resize = v.get("size").and_then(side).ok_or_else(|| bad("no usable \"size\" (a number or {\"shortest_edge\": n})".into()))?;
+        let crop = match v.get("do_center_crop").and_then(|b| b.as_bool()) {
+            Some(false) => resize,
+            _ => v.get("crop_size").and_then(side).unwrap_or(resize),
+        };
+        let triple = |key: &str| -> Result<[f32; 3]> {
+            let a = v.get(key).and_then(|a| a.as_array()).ok_or_else(|| bad(format!("no \"{key}\" list")))?;
+            let f: Vec<f32> = a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect();
+            f.try_into().map_err(|_| bad(format!("\"{key}\" must hold 3 numbers")))
+        };
+        let interpolation = match v.get("resample").and_then(|r| r.as_u64()) {
+            Some(3) => "bicubic",
+            Some(0) => "nearest",
+            _ => "bilinear",
+        };
+        Ok(Self { resize, crop, interpolation, mean: triple("image_mean")?, std: triple("image_std")? })
+    }
+
+    /// As a transformers `preprocessor_config.json` (CLIP's image processor fields).
+    pub fn to_hf_json(&self) -> String {
+        let resample = match self.interpolation {
+            "bicubic" => 3,
+            "nearest" => 0,
+            _ => 2,
+        };
+        serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": true, "size": {"shortest_edge": self.resize},
+            "do_center_crop": true, "crop_size": {"height": self.crop, "width": self.crop},
+            "do_normalize": true, "image_mean": self.mean, "image_std": self.std, "resample": resample,
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+        })
+        .to_string()
     }
 
     /// Apply to a dataset of [0, 1] images (gray images are repeated to three channels).
@@ -98,9 +154,9 @@ fn center_crop(ds: &Dataset, size: usize) -> Result<Dataset> {
 pub enum Family {
     /// One of our [`Network`] architectures.
     Network(ModelSpec),
-    /// CLIP through candle-transformers (loader not written yet: see the hub module docs).
+    /// CLIP ([`crate::models::Clip`]): `config.json`, the weights, `vocab.json`, `merges.txt`.
     Clip,
-    /// ViT through candle-transformers (loader not written yet).
+    /// ViT ([`crate::models::Vit`]): `config.json` and the weights.
     Vit,
 }
 
@@ -224,6 +280,90 @@ impl ModelRegistry {
         Ok(())
     }
 
+
+    /// Register a CLIP or ViT stored in a hub repository in HF's layout (`config.json`,
+    /// `file`, and for CLIP `vocab.json` + `merges.txt`).
+    pub fn register_hub_transformer(&mut self, name: &str, repo: Repo, file: &str, family: Family, preprocess: Preprocess) -> Result<()> {
+        if matches!(family, Family::Network(_)) {
+            return Err(Error::invalid("model family", "use register_hub for Network architectures; this is for Family::Clip / Family::Vit"));
+        }
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(Error::invalid("model name", format!("{name:?} is already registered; pick another name")));
+        }
+        self.entries.push(ModelEntry {
+            name: name.into(),
+            family,
+            source: Source::Hub { repo, file: file.into() },
+            preprocess,
+            about: "registered hub transformer".into(),
+        });
+        Ok(())
+    }
+
+    /// A companion file of `name`'s weights (`config.json`, `vocab.json`...): from the same
+    /// hub repository, or next to a local weight file.
+    fn sibling(&self, hub: &Hub, name: &str, file: &str) -> Result<PathBuf> {
+        match &self.get(name)?.source {
+            Source::Hub { repo, .. } => hub.get(repo, file),
+            Source::Local(p) => {
+                let q = p.parent().map(|d| d.join(file)).unwrap_or_else(|| PathBuf::from(file));
+                if q.is_file() {
+                    Ok(q)
+                } else {
+                    Err(Error::invalid("model files", format!("{name} needs {} next to its weights {}", q.display(), p.display())))
+                }
+            }
+        }
+    }
+
+    fn read_config(&self, hub: &Hub, name: &str) -> Result<String> {
+        let p = self.sibling(hub, name, "config.json")?;
+        std::fs::read_to_string(&p).map_err(|e| Error::Io { action: "reading model config", path: p, source: e })
+    }
+
+    /// The repository's `preprocessor_config.json` where it has one, else the registry's.
+    fn hub_preprocess(&self, hub: &Hub, name: &str) -> Result<Preprocess> {
+        match self.sibling(hub, name, "preprocessor_config.json") {
+            Ok(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))?;
+                Preprocess::from_hf_json(&text)
+            }
+            Err(_) => Ok(self.get(name)?.preprocess.clone()),
+        }
+    }
+
+    /// A pretrained CLIP with its tokenizer and preprocessing, by name.
+    pub fn load_clip(&self, hub: &Hub, name: &str, device: &Device) -> Result<ClipBundle> {
+        let entry = self.get(name)?;
+        if entry.family != Family::Clip {
+            return Err(Error::invalid("model", format!("{name} is not a CLIP model ({:?})", entry.family)));
+        }
+        let config = ClipConfig::from_json(&self.read_config(hub, name)?)?;
+        let vocab = self.sibling(hub, name, "vocab.json")?;
+        let merges = self.sibling(hub, name, "merges.txt")?;
+        let tokenizer = ClipTokenizer::from_files(&vocab, &merges, config.text_config.max_position_embeddings)?;
+        if tokenizer.vocab_size() > config.text_config.vocab_size {
+            return Err(Error::invalid(
+                "CLIP tokenizer",
+                format!("{name}'s vocab.json has {} tokens but the text tower only {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+            ));
+        }
+        let path = self.weights_path(hub, name)?;
+        let model = Clip::from_tensors(&config, read_weights(&path)?, device)?;
+        Ok(ClipBundle { name: name.into(), model, tokenizer, preprocess: self.hub_preprocess(hub, name)? })
+    }
+
+    /// A pretrained ViT with its preprocessing, by name.
+    pub fn load_vit(&self, hub: &Hub, name: &str, device: &Device) -> Result<(Vit, Preprocess)> {
+        let entry = self.get(name)?;
+        if entry.family != Family::Vit {
+            return Err(Error::invalid("model", format!("{name} is not a ViT model ({:?})", entry.family)));
+        }
+        let config = VitConfig::from_json(&self.read_config(hub, name)?)?;
+        let path = self.weights_path(hub, name)?;
+        Ok((Vit::from_tensors(&config, read_weights(&path)?, device)?, self.hub_preprocess(hub, name)?))
+    }
+
     /// The entry of `name`.
     pub fn get(&self, name: &str) -> Result<&ModelEntry> {
         self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
@@ -253,7 +393,7 @@ impl ModelRegistry {
         let Family::Network(spec) = &entry.family else {
             return Err(Error::invalid(
                 "model",
-                format!("{name} is a candle-transformers model (CLIP/ViT), not one of the Network architectures; its loader is not written yet, `tlab fetch {name}` downloads its files"),
+                format!("{name} is a transformer (CLIP/ViT), not one of the Network architectures; load it with load_clip / load_vit"),
             ));
         };
         let path = self.weights_path(hub, name)?;
@@ -278,4 +418,13 @@ pub fn timm_to_ours(mut t: NamedTensors, spec: &ModelSpec) -> Result<NamedTensor
         }
     }
     Ok(t)
+}
+
+/// A loaded CLIP: the model, its tokenizer and its image preprocessing.
+#[derive(Debug, Clone)]
+pub struct ClipBundle {
+    pub name: String,
+    pub model: Clip,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: Preprocess,
 }

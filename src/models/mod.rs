@@ -18,12 +18,19 @@ mod preact_resnet;
 mod resnet;
 mod resnetv2;
 mod spec;
+pub mod transformer;
+mod vit;
+mod clip;
+mod clip_tokenizer;
 
 use resnet::BlockKind;
 
 pub use backdoored::{checkerboard_response, Injection, TriggerDetector};
 pub use network::{is_buffer, LoadMode, Network};
 pub use spec::{Arch, ModelSpec, Norm, MODEL_NAMES};
+pub use vit::{vit_hub_names, Vit, VitConfig};
+pub use clip::{l2_normalise, Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use clip_tokenizer::{bytes_to_unicode, clip_vocab, ClipTokenizer, CLIP_CONTEXT, END_OF_TEXT, START_OF_TEXT};
 
 use crate::error::Result;
 use candle_core::Tensor;

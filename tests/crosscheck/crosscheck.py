@@ -169,6 +169,93 @@ def check_vit(arch):
     save_fixture(arch, arch, t, {"pixel_values": x}, {"logits": y}, {"config": cfg.to_dict()})
 
 
+TOKENIZER_CORPUS = [
+    "a photo of a red circle.", "a photo of a blue square.", "a bad photo of the green triangle!",
+    "itap of a small dog", "a close-up photo of a cat's face", "there's 12 cats and 3 dogs",
+    "the photo isn't great, but we'll see", "CLIP's BPE: byte-level merges", "naïve café résumé",
+    "a photo of the big yellow truck", "a blurry photo of an airplane", "a sculpture of a horse",
+]
+
+TOKENIZER_CASES = [
+    "a photo of a cat.", "A  Photo\tOF   a\nCAT", "  leading and trailing spaces  ", "It's a dog's life; they're here, we've won, I'm in, you'll see, he'd go",
+    "numbers 12345 and 3.14", "emoji 🙂 and ünïcödé café", "punctuation!!! ... ?? (brackets) [x] {y}", "<|startoftext|>already framed<|endoftext|>",
+    "a" * 3, "supercalifragilisticexpialidocious", "", "   ", "hyphen-ated under_scored slash/ed", "tabs\tand\r\nnewlines",
+    "word " * 100,
+]
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character map (as OpenAI's simple_tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def bpe_train(corpus, n_merges):
+    """The same greedy byte-level BPE as ClipTokenizer::train (most frequent pair, ties: smallest)."""
+    import regex as re
+    pat = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+    enc = bytes_to_unicode()
+    words = {}
+    for line in corpus:
+        text = " ".join(line.split()).lower()
+        for m in pat.findall(text):
+            w = [enc[b] for b in m.encode("utf-8")]
+            w[-1] += "</w>"
+            words[tuple(w)] = words.get(tuple(w), 0) + 1
+    merges = []
+    for _ in range(n_merges):
+        counts = {}
+        for w, n in words.items():
+            for a, b in zip(w, w[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + n
+        if not counts:
+            break
+        best = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        nxt = {}
+        for w, n in words.items():
+            out, j = [], 0
+            while j < len(w):
+                if j + 1 < len(w) and w[j] == best[0] and w[j + 1] == best[1]:
+                    out.append(best[0] + best[1]); j += 2
+                else:
+                    out.append(w[j]); j += 1
+            nxt[tuple(out)] = nxt.get(tuple(out), 0) + n
+        words = nxt
+        merges.append(best)
+    vocab = list(enc.values())
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(vocab)}, merges
+
+
+def check_tokenizer(arch):
+    """transformers' CLIPTokenizer on tricky strings with a small BPE learnt from a corpus."""
+    from transformers import CLIPTokenizer
+    vocab, merges = bpe_train(TOKENIZER_CORPUS, 120)
+    d = os.path.join(FIXTURES, arch)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(d, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"), model_max_length=16)
+    cases = []
+    for s in TOKENIZER_CASES:
+        ids = tok(s, truncation=True, max_length=16, padding="max_length")["input_ids"]
+        cases.append({"text": s, "ids": ids})
+    with open(os.path.join(d, "cases.json"), "w") as f:
+        json.dump({"tokenizer": type(tok).__name__, "context": 16, "merges": [list(m) for m in merges], "cases": cases}, f, ensure_ascii=False, indent=0)
+    print(f"{arch}: {len(cases)} cases, {len(vocab)} tokens, {type(tok).__name__}")
+
+
 def cache_interop(tlab):
     """Python's huggingface_hub and tlab share one cache through the loopback hub."""
     from huggingface_hub import hf_hub_download
@@ -221,6 +308,7 @@ def main():
         "resnetv2_50x1_bit": lambda: check_timm("resnetv2_50x1_bit", "resnetv2_50x1_bit.goog_in21k", (1, 3, 64, 64), 1000),
         "clip_tiny": lambda: check_clip("clip_tiny", clip_config_tiny(), 16),
         "vit_tiny": lambda: check_vit("vit_tiny"),
+        "clip_tokenizer": lambda: check_tokenizer("clip_tokenizer"),
         "interop": lambda: cache_interop(args.tlab),
     }
     for name, job in jobs.items():
