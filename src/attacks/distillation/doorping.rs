@@ -1,5 +1,5 @@
-//! DOORPING's trigger update (Liu et al. 2023): between distillation iterations, the trigger
-//! is re-optimised to drive one penultimate-layer neuron of the current network, and the
+//! DOORPING's trigger update (Liu et al. 2023): during the distillation, the trigger is
+//! re-optimised to drive one penultimate-layer neuron of the current network, and the
 //! poisoned raw images are re-stamped with it, so that the distilled images come to encode a
 //! trigger the network already reacts to.
 
@@ -43,8 +43,8 @@ impl PatchState {
     }
 }
 
-/// The DOORPING hook: every `every` iterations, choose the penultimate neuron with the largest
-/// weight into the target class's logit and take `steps` signed-gradient ascent steps of size
+/// The DOORPING hook: before every `every`-th image update, choose the penultimate neuron with
+/// the largest weight into the target class's logit (among those the patch can move) and take `steps` signed-gradient ascent steps of size
 /// `lr` on the patch pixels to raise that neuron's mean activation over `batch` triggered
 /// clean training images; then re-stamp every poisoned image with the new patch.
 pub struct Doorping {
@@ -68,7 +68,8 @@ pub struct Doorping {
 /// One trigger update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TriggerUpdate {
-    pub iteration: usize,
+    /// The image update (counted from 0 over the whole distillation) it preceded.
+    pub step: usize,
     pub neuron: usize,
     pub activation_before: f64,
     pub activation_after: f64,
@@ -76,22 +77,35 @@ pub struct TriggerUpdate {
 
 impl Doorping {
     /// Optimise the patch against `net` and return the update made.
-    pub fn optimise(&mut self, iteration: usize, net: &MatchNet, real: &Dataset) -> Result<TriggerUpdate> {
+    pub fn optimise(&mut self, step: usize, net: &MatchNet, real: &Dataset) -> Result<TriggerUpdate> {
         let dev = Device::Cpu;
         let shape = real.shape;
         let (c, h, w) = shape;
         let head: Vec<Vec<f32>> = net.head_weight().as_tensor().to_vec2()?;
         let row = head.get(self.target as usize).ok_or_else(|| Error::invalid("target class", "outside the network's classes"))?;
-        let neuron = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j).unwrap_or(0);
         if self.clean_pool.is_empty() {
             return Err(Error::invalid("DOORPING", "no clean image to optimise the trigger on"));
         }
-        let order = permutation(&mut stream_at(self.seed, "doorping.batch", iteration as u64), self.clean_pool.len());
+        let order = permutation(&mut stream_at(self.seed, "doorping.batch", step as u64), self.clean_pool.len());
         let idx: Vec<usize> = order[..self.batch.min(order.len())].iter().map(|&j| self.clean_pool[j]).collect();
         let (x, _) = real.batch(&idx, &dev)?;
         let mask = self.patch.mask(shape)?;
         let keep = (1.0 - &mask)?;
         let x_kept = x.broadcast_mul(&keep)?;
+        // Only neurons whose receptive field covers the patch can be driven by it (the last
+        // layer keeps a spatial grid); among those the patch moves at least half as much as
+        // the most sensitive one, take the one with the largest weight into the target logit.
+        let white = net.features(&x_kept.broadcast_add(&mask)?)?;
+        let black = net.features(&x_kept)?;
+        let sensitivity: Vec<f32> = (white - black)?.abs()?.mean(0)?.to_vec1()?;
+        let most = sensitivity.iter().copied().fold(0f32, f32::max);
+        let neuron = row
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| sensitivity[*j] >= 0.5 * most)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(j, _)| j)
+            .unwrap_or(0);
         let mut full = vec![0f32; c * h * w];
         self.patch.stamp(&mut full, shape);
         let t = Var::from_tensor(&Tensor::from_vec(full, (1, c, h, w), &dev)?)?;
@@ -117,7 +131,7 @@ impl Doorping {
                 }
             }
         }
-        Ok(TriggerUpdate { iteration, neuron, activation_before: before, activation_after: after })
+        Ok(TriggerUpdate { step, neuron, activation_before: before, activation_after: after })
     }
 
     /// Re-stamp every poisoned image with the current patch.
@@ -132,11 +146,11 @@ impl Doorping {
 }
 
 impl IterationHook for Doorping {
-    fn after_iteration(&mut self, iteration: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool> {
-        if (iteration + 1) % self.every != 0 {
+    fn before_update(&mut self, step: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool> {
+        if step % self.every != 0 {
             return Ok(false);
         }
-        let update = self.optimise(iteration, net, real)?;
+        let update = self.optimise(step, net, real)?;
         self.log.push(update);
         self.restamp(real);
         Ok(true)

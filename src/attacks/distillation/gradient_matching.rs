@@ -101,7 +101,7 @@ fn keeps_gradient_graph() -> Result<bool> {
 /// whose backward is itself differentiable.
 #[derive(Debug, Clone)]
 pub struct MatchNet {
-    /// Per block: conv weight, conv bias, norm scale, norm shift.
+    /// Per block: conv weight (out, 9 x in), conv bias, norm scale, norm shift.
     blocks: Vec<[Var; 4]>,
     head_w: Var,
     head_b: Var,
@@ -121,7 +121,7 @@ impl MatchNet {
         let mut blocks = Vec::with_capacity(depth);
         for _ in 0..depth {
             let fan = c * 9;
-            let weight = uniform(width * fan, fan, &[width, c, 3, 3])?;
+            let weight = uniform(width * fan, fan, &[width, fan])?;
             let bias = uniform(width, fan, &[width])?;
             let scale = Var::from_tensor(&Tensor::ones(width, DType::F32, &dev)?)?;
             let shift = Var::from_tensor(&Tensor::zeros(width, DType::F32, &dev)?)?;
@@ -157,13 +157,15 @@ impl MatchNet {
         &self.head_w
     }
 
-    /// Penultimate-layer activations (the flattened output of the last block).
+    /// Penultimate-layer activations (the flattened output of the last block) of NCHW input.
+    /// Inside, activations are channel-last (NHWC): a 3x3 convolution is then nine shifted
+    /// views concatenated along channels and one matrix product, with no transposes.
     pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = x.permute((0, 2, 3, 1))?;
         for [weight, bias, scale, shift] in &self.blocks {
-            h = h.conv2d(weight, 1, 1, 1, 1)?.broadcast_add(&bias.as_tensor().reshape((1, (), 1, 1))?)?;
+            h = conv3x3_nhwc(&h, weight.as_tensor())?.broadcast_add(bias.as_tensor())?;
             h = instance_norm(&h, scale, shift)?;
-            h = h.relu()?.avg_pool2d(2)?;
+            h = avg_pool2_nhwc(&h.relu()?)?;
         }
         h.flatten_from(1)
     }
@@ -173,13 +175,52 @@ impl MatchNet {
     }
 }
 
-/// Instance norm (PyTorch's GroupNorm with one group per channel, eps 1e-5) from plain ops.
+/// 3x3 convolution with zero padding 1 of channel-last input (N, H, W, C) by a weight of shape
+/// (O, 9C) (columns ordered row offset, column offset, channel), as nine shifted views and one
+/// matrix product.
+///
+/// candle's conv2d is differentiable twice, but its backward runs conv_transpose2d, a direct
+/// loop on the CPU; views, concatenation and gemm differentiate twice at gemm speed.
+pub fn conv3x3_nhwc(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let o = weight.dim(0)?;
+    let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut views = Vec::with_capacity(9);
+    for di in 0..3 {
+        for dj in 0..3 {
+            views.push(xp.narrow(1, di, h)?.narrow(2, dj, w)?);
+        }
+    }
+    let cols = Tensor::cat(&views, 3)?.reshape((n * h * w, 9 * c))?;
+    cols.matmul(&weight.t()?)?.reshape((n, h, w, o))
+}
+
+/// [`conv3x3_nhwc`] for NCHW input and a (O, C, 3, 3) weight, for comparison with candle's conv2d.
+pub fn conv3x3(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let (o, c, _, _) = weight.dims4()?;
+    let w = weight.permute((0, 2, 3, 1))?.reshape((o, 9 * c))?;
+    conv3x3_nhwc(&x.permute((0, 2, 3, 1))?, &w)?.permute((0, 3, 1, 2))
+}
+
+/// 2x2 average pooling with stride 2 of channel-last input, as a reshape and a mean.
+pub fn avg_pool2_nhwc(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    x.reshape((n, h / 2, 2, w / 2, 2, c))?.mean(4)?.mean(2)
+}
+
+/// [`avg_pool2_nhwc`] for NCHW input.
+pub fn avg_pool2(x: &Tensor) -> candle_core::Result<Tensor> {
+    avg_pool2_nhwc(&x.permute((0, 2, 3, 1))?)?.permute((0, 3, 1, 2))
+}
+
+/// Instance norm of channel-last input (PyTorch's GroupNorm with one group per channel, eps
+/// 1e-5) from plain ops.
 fn instance_norm(x: &Tensor, scale: &Var, shift: &Var) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim((2, 3))?;
+    let mean = x.mean_keepdim((1, 2))?;
     let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim((2, 3))?;
+    let var = centred.sqr()?.mean_keepdim((1, 2))?;
     let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-    normed.broadcast_mul(&scale.as_tensor().reshape((1, (), 1, 1))?)?.broadcast_add(&shift.as_tensor().reshape((1, (), 1, 1))?)
+    normed.broadcast_mul(scale.as_tensor())?.broadcast_add(shift.as_tensor())
 }
 
 /// Mean cross-entropy from logits and one-hot targets, with ops that differentiate twice (the
@@ -244,11 +285,11 @@ pub struct MatchSettings {
     pub progress: ProgressMode,
 }
 
-/// What happens to the real data between outer iterations (DOORPING re-optimises its trigger
-/// there). Called after the iteration's inner training, with the network as trained so far.
+/// What happens to the real data during the distillation (DOORPING re-optimises its trigger
+/// there). Called before every image update, with the network as trained so far.
 pub trait IterationHook: Send {
-    /// `true` when the hook changed the real data (the class pools are then re-read).
-    fn after_iteration(&mut self, iteration: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool>;
+    /// `step` counts image updates from 0. Returns `true` when the hook changed the real data.
+    fn before_update(&mut self, step: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool>;
 }
 
 /// Distilled images with their labels, and the mean matching distance per iteration.
@@ -260,8 +301,8 @@ pub struct Distilled {
 
 /// Distil `real` into `ipc` images per class with DC's algorithm: images initialised from
 /// random real images of their class; per iteration a fresh random network; `outer_loop`
-/// times: one SGD-with-momentum step on the images against the summed per-class gradient
-/// distance, then `inner_loop` epochs of the network on the synthetic set. Must run on a
+/// times: the hook, one SGD-with-momentum step on the images against the summed per-class
+/// gradient distance, then `inner_loop` epochs of the network on the synthetic set. Must run on a
 /// thread set up by [`with_second_order`].
 pub fn distill(mut real: Dataset, s: &MatchSettings, hook: &mut dyn IterationHook) -> Result<Distilled> {
     let dev = Device::Cpu;
@@ -300,6 +341,9 @@ pub fn distill(mut real: Dataset, s: &MatchSettings, hook: &mut dyn IterationHoo
         let matched = net.matched();
         let mut it_loss = 0.0;
         for ol in 0..s.outer_loop {
+            if hook.before_update(it * s.outer_loop + ol, &net, &mut real)? {
+                by_class = real.indices_by_class();
+            }
             let mut total: Option<Tensor> = None;
             for (cls, pool) in by_class.iter().enumerate() {
                 let take = s.batch_real.min(pool.len());
@@ -344,9 +388,6 @@ pub fn distill(mut real: Dataset, s: &MatchSettings, hook: &mut dyn IterationHoo
             }
         }
         matching_loss.push(it_loss / s.outer_loop as f64);
-        if hook.after_iteration(it, &net, &mut real)? {
-            by_class = real.indices_by_class();
-        }
         progress.inc(1);
     }
     progress.finish();
@@ -359,7 +400,7 @@ pub fn distill(mut real: Dataset, s: &MatchSettings, hook: &mut dyn IterationHoo
 pub struct NoHook;
 
 impl IterationHook for NoHook {
-    fn after_iteration(&mut self, _: usize, _: &MatchNet, _: &mut Dataset) -> Result<bool> {
+    fn before_update(&mut self, _: usize, _: &MatchNet, _: &mut Dataset) -> Result<bool> {
         Ok(false)
     }
 }

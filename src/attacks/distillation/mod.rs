@@ -100,8 +100,8 @@ impl Default for DistillationConfig {
 /// The attack comparison's configuration. Defaults: DC's distillation (see
 /// [`DistillationConfig`]), a 3x3 white patch in the bottom-right corner (the starting point
 /// of DOORPING's optimisation), target class 0, 10 % of the raw training images poisoned, and
-/// DOORPING's trigger updated after every iteration by 10 signed-gradient steps of 0.1 over 256
-/// clean images. Evaluation follows DC: a fresh ConvNet trained only on the distilled images
+/// DOORPING's trigger updated before every image update (with the network as trained so far)
+/// by 10 signed-gradient steps of 0.1 over 256 clean images. Evaluation follows DC: a fresh ConvNet trained only on the distilled images
 /// for 300 epochs by SGD (momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 half-way),
 /// five models, mean reported; 30 % of the data held out for testing.
 ///
@@ -120,7 +120,8 @@ pub struct DistillationBackdoorConfig {
     pub poison_rate: f64,
     /// Which distillations to run, in this order.
     pub variants: Vec<DistillVariant>,
-    /// DOORPING updates its trigger after every this many iterations.
+    /// DOORPING updates its trigger before every this many image updates (the distillation
+    /// makes `iterations x outer_loop` of them).
     pub trigger_every: usize,
     pub trigger_steps: usize,
     pub trigger_lr: f64,
@@ -356,7 +357,7 @@ impl Outcome for DistillationBackdoorResult {
 /// cfg.eval_models = 1;
 /// let r = distillation::run(&data, &cfg)?;
 /// assert_eq!(r.variants[0].distilled.len(), 2);
-/// assert_eq!(r.variants[0].trigger_updates.len(), 2);
+/// assert_eq!(r.variants[0].trigger_updates.len(), 4); // before each of 2 x 2 image updates
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn run(data: &Dataset, cfg: &DistillationBackdoorConfig) -> Result<DistillationBackdoorResult> {
