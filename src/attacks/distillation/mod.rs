@@ -107,8 +107,12 @@ impl Default for DistillationConfig {
 ///
 /// Deviations: Liu et al. formulate the trigger update as a regression of the chosen neuron's
 /// activation towards a high value; we maximise the activation with signed steps inside the
-/// patch (the same direction, and a step size independent of each network's scale). The poison
-/// rate, trigger size and update schedule are ours; the paper ablates them.
+/// patch (the same direction, and a step size independent of each network's scale). The
+/// neuron is chosen among those the patch can move (at least half as much as the most
+/// sensitive one): our last layer keeps a 2x2 grid on 8x8 digits, and a corner patch cannot
+/// drive a neuron looking at another corner. The poison rate, trigger size and update schedule
+/// are ours; the paper ablates them. On the digits miniature (notebook 19), updating the
+/// trigger less often gave a higher ASR (see the notebook's closing note).
 #[derive(Debug, Clone)]
 pub struct DistillationBackdoorConfig {
     pub distill: DistillationConfig,
