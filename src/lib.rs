@@ -44,6 +44,7 @@ pub mod prelude {
     pub use crate::attacks::{architectural, ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
     pub use crate::models::{Injection, TriggerDetector};
     pub use crate::attacks::{HiddenTriggerConfig, HiddenTriggerResult};
+    pub use crate::attacks::{distillation, DistillVariant, DistillationBackdoorConfig, DistillationBackdoorResult, DistillationConfig};
     pub use crate::data::transforms::Augment;
     pub use crate::data::{digits, DataSource, Dataset};
     pub use crate::error::{Error, Result};

@@ -9,6 +9,7 @@ mod trigger;
 pub mod poisoning;
 pub mod watermark;
 pub mod architectural;
+pub mod distillation;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 pub use metrics::{defence_effectiveness_rate, defence_table};
@@ -19,3 +20,4 @@ pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningCompa
 pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
 pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
 pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
+pub use distillation::{DistillVariant, DistillationBackdoorConfig, DistillationBackdoorResult, DistillationConfig};
