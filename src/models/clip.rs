@@ -24,7 +24,6 @@ use crate::weights::NamedTensors;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use serde::Deserialize;
-use std::collections::HashMap;
 
 /// `text_config` of a CLIP `config.json` (missing fields take ViT-B/32's values).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -348,12 +347,7 @@ impl Clip {
 
     /// Load from hub-format tensors (a `model.safetensors` of HF's `CLIPModel`).
     pub fn from_tensors(config: &ClipConfig, tensors: NamedTensors, device: &Device) -> Result<Self> {
-        let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
-        let vb = VarBuilder::from_tensors(map, DType::F32, device);
-        Self::new(config, vb).map_err(|e| match e {
-            Error::Candle(c) => Error::WeightMismatch(format!("CLIP weights do not fit its config.json: {c}")),
-            other => other,
-        })
+        super::transformer::build_from_tensors("CLIP", tensors, device, |vb| Self::new(config, vb))
     }
 
     pub fn config(&self) -> &ClipConfig {

@@ -182,3 +182,21 @@ pub fn causal_mask(t: usize, device: &candle_core::Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::MIN / 2.0 } else { 0.0 }).collect();
     Tensor::from_vec(v, (t, t), device)
 }
+
+/// Build a model from hub-format tensors: every tensor as f32 behind a `VarBuilder`, and a
+/// shape or name candle rejects reported as weights that do not fit `what`'s config.json.
+pub(crate) fn build_from_tensors<T>(
+    what: &str,
+    tensors: crate::weights::NamedTensors,
+    device: &candle_core::Device,
+    build: impl FnOnce(VarBuilder) -> crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    use crate::error::Error;
+    let f32 = candle_core::DType::F32;
+    let map: std::collections::HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| Ok((k, v.to_dtype(f32)?))).collect::<crate::error::Result<_>>()?;
+    build(VarBuilder::from_tensors(map, f32, device)).map_err(|e| match e {
+        Error::Candle(c) => Error::WeightMismatch(format!("{what} weights do not fit its config.json: {c}")),
+        other => other,
+    })
+}

@@ -165,12 +165,7 @@ impl Vit {
     /// Load from hub-format tensors (any of the naming conventions [`vit_hub_names`] knows).
     pub fn from_tensors(config: &VitConfig, tensors: NamedTensors, device: &Device) -> Result<Self> {
         let t = vit_hub_names(tensors);
-        let map: HashMap<String, Tensor> = t.into_iter().map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?))).collect::<Result<_>>()?;
-        let vb = VarBuilder::from_tensors(map, candle_core::DType::F32, device);
-        Self::new(config, vb).map_err(|e| match e {
-            Error::Candle(c) => Error::WeightMismatch(format!("ViT weights do not fit its config.json: {c}")),
-            other => other,
-        })
+        super::transformer::build_from_tensors("ViT", t, device, |vb| Self::new(config, vb))
     }
 
     pub fn config(&self) -> &VitConfig {

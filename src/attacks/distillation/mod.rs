@@ -24,7 +24,8 @@ use crate::report::{Chart, Figure, ImageGrid, Outcome};
 use crate::train::{train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
 use candle_core::Device;
 use doorping::{Doorping, PatchState, TriggerUpdate};
-use gradient_matching::{distill, with_second_order, Distilled, MatchSettings, NoHook};
+use gradient_matching::{distill, with_second_order, Distilled, NoHook};
+pub use gradient_matching::DistillationConfig;
 use polars::prelude::{Column, DataFrame, NamedFrom, Series};
 
 /// Which distillation to run.
@@ -44,55 +45,6 @@ impl DistillVariant {
             DistillVariant::Clean => "clean distillation",
             DistillVariant::Naive => "NAIVEATTACK",
             DistillVariant::Doorping => "DOORPING",
-        }
-    }
-}
-
-/// Gradient-matching distillation (DC, Zhao et al. 2021). Defaults are DC's for 10 images per
-/// class: 1000 iterations, outer loop 10, inner loop 50, real batches of 256 per class,
-/// synthetic images stepped by SGD at lr 0.1 with momentum 0.5, the network by SGD at lr 0.01,
-/// ConvNet width 128 and depth 3 with instance norm.
-///
-/// Deviations: synthetic images are kept in [0, 1] after every step (DC works on normalised
-/// images without bounds; ours must stay images that a model and a figure can take); there is
-/// no differentiable augmentation (neither has DC).
-#[derive(Debug, Clone)]
-pub struct DistillationConfig {
-    /// Synthetic images per class (IPC).
-    pub ipc: usize,
-    /// Outer iterations, each with a freshly initialised network.
-    pub iterations: usize,
-    /// Image updates per iteration.
-    pub outer_loop: usize,
-    /// Network training epochs on the synthetic set between image updates.
-    pub inner_loop: usize,
-    /// Real images per class in each matching step.
-    pub batch_real: usize,
-    /// Batch size of the network's training on the synthetic set.
-    pub batch_train: usize,
-    pub lr_img: f64,
-    pub momentum_img: f64,
-    pub lr_net: f64,
-    /// ConvNet channels.
-    pub width: usize,
-    /// ConvNet blocks; each halves the image side, so 2^depth must divide it.
-    pub depth: usize,
-}
-
-impl Default for DistillationConfig {
-    fn default() -> Self {
-        Self {
-            ipc: 10,
-            iterations: 1000,
-            outer_loop: 10,
-            inner_loop: 50,
-            batch_real: 256,
-            batch_train: 256,
-            lr_img: 0.1,
-            momentum_img: 0.5,
-            lr_net: 0.01,
-            width: 128,
-            depth: 3,
         }
     }
 }
@@ -374,25 +326,6 @@ pub fn run(data: &Dataset, cfg: &DistillationBackdoorConfig) -> Result<Distillat
     Ok(DistillationBackdoorResult { variants, ipc: cfg.distill.ipc, target: cfg.target, poison_rate: cfg.poison_rate })
 }
 
-fn settings(cfg: &DistillationBackdoorConfig) -> MatchSettings {
-    let d = &cfg.distill;
-    MatchSettings {
-        ipc: d.ipc,
-        iterations: d.iterations,
-        outer_loop: d.outer_loop,
-        inner_loop: d.inner_loop,
-        batch_real: d.batch_real,
-        batch_train: d.batch_train,
-        lr_img: d.lr_img,
-        momentum_img: d.momentum_img,
-        lr_net: d.lr_net,
-        width: d.width,
-        depth: d.depth,
-        seed: cfg.seed,
-        progress: cfg.progress,
-    }
-}
-
 /// The patch's top-left corner and pixels (channels of the image).
 fn patch_state(trigger: &Trigger, shape: (usize, usize, usize)) -> Result<PatchState> {
     let Trigger::Patch { size, placement, .. } = trigger else {
@@ -437,7 +370,7 @@ fn run_variant(variant: DistillVariant, train_set: &Dataset, test: &Dataset, cfg
     };
     let flags = real.poisoned_flags();
     let poisoned: Vec<usize> = (0..real.len()).filter(|&i| flags[i]).collect();
-    let s = settings(cfg);
+    let (s, seed, progress) = (cfg.distill.clone(), cfg.seed, cfg.progress);
     let (distilled, trigger, trigger_updates): (Distilled, Trigger, Vec<TriggerUpdate>) = match variant {
         DistillVariant::Doorping => {
             let patch = patch_state(&cfg.trigger, real.shape)?;
@@ -456,7 +389,7 @@ fn run_variant(variant: DistillVariant, train_set: &Dataset, test: &Dataset, cfg
             };
             let (d, hook) = with_second_order(move || {
                 let mut hook = hook;
-                let d = distill(real, &s, &mut hook)?;
+                let d = distill(real, &s, seed, progress, &mut hook)?;
                 Ok((d, hook))
             })?;
             let p = &hook.patch;
@@ -467,7 +400,7 @@ fn run_variant(variant: DistillVariant, train_set: &Dataset, test: &Dataset, cfg
             };
             (d, trigger, hook.log)
         }
-        _ => (with_second_order(move || distill(real, &s, &mut NoHook))?, cfg.trigger.clone(), Vec::new()),
+        _ => (with_second_order(move || distill(real, &s, seed, progress, &mut NoHook))?, cfg.trigger.clone(), Vec::new()),
     };
     let metrics = evaluate_distilled(&distilled.images, test, &trigger, cfg)?;
     let n = metrics.len() as f64;
