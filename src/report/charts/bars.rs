@@ -85,6 +85,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
         })
         .y_desc(&c.y_label)
         .y_labels(8)
+        .y_label_formatter(&|y| super::tick_label(*y))
         .light_line_style(WHITE)
         .label_style((FAMILY, TICK_SIZE))
         .axis_desc_style((FAMILY, LABEL_SIZE))

@@ -41,7 +41,8 @@ pub(super) fn draw<DB: DrawingBackend>(c: &LineChart, area: &DrawingArea<DB, Shi
     }
     let xs = padded_span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
     let ys = c.y_range.unwrap_or_else(|| padded_span(c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1))));
-    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys)?;
+    let integer_x = c.series.iter().flat_map(|(_, p)| p.iter()).all(|q| q.0 == q.0.round());
+    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys, integer_x)?;
     for (s, (name, points)) in c.series.iter().enumerate() {
         let col = colour(s);
         chart

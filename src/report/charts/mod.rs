@@ -51,7 +51,16 @@ pub(crate) fn padded_span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Numeric x/y axes with a title and axis names, in the common style.
+/// A tick label without trailing zeros ("2", "0.25", "97.5"): plotters' default prints
+/// "2.0" for an epoch count.
+pub(crate) fn tick_label(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".to_string() } else { s.to_string() }
+}
+
+/// Numeric x/y axes with a title and axis names, in the common style. With `integer_x` (the
+/// x values are counts: epochs, updates, shots) ticks between integers stay unlabelled.
 pub(crate) fn xy_chart<'a, DB: DrawingBackend + 'a>(
     area: &'a DrawingArea<DB, Shift>,
     title: &str,
@@ -59,6 +68,7 @@ pub(crate) fn xy_chart<'a, DB: DrawingBackend + 'a>(
     y_label: &str,
     xs: (f64, f64),
     ys: (f64, f64),
+    integer_x: bool,
 ) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>> {
     use crate::report::font::FAMILY;
     use crate::report::style::{LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_SIZE};
@@ -73,6 +83,8 @@ pub(crate) fn xy_chart<'a, DB: DrawingBackend + 'a>(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|x| if integer_x && (x - x.round()).abs() > 1e-9 { String::new() } else { tick_label(*x) })
+        .y_label_formatter(&|y| tick_label(*y))
         .light_line_style(WHITE.mix(0.0))
         .label_style((FAMILY, TICK_SIZE))
         .axis_desc_style((FAMILY, LABEL_SIZE))
@@ -123,4 +135,19 @@ pub(crate) fn draw_side_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>
 
 pub(crate) fn fig_err<E: std::fmt::Display>(e: E) -> Error {
     Error::Figure(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn tick_labels_drop_trailing_zeros() {
+        assert_eq!(tick_label(2.0), "2");
+        assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(97.5), "97.5");
+        assert_eq!(tick_label(-0.0001), "0");
+        assert_eq!(tick_label(-1.5), "-1.5");
+        assert_eq!(tick_label(100.0), "100");
+    }
 }

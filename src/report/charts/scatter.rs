@@ -64,7 +64,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
     }
     let xs = padded_span(c.points.iter().map(|p| p.0));
     let ys = padded_span(c.points.iter().map(|p| p.1));
-    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys)?;
+    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys, false)?;
     let (point_col, line_col) = (colour(0), colour(1));
     chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, point_col.filled()))).map_err(fig_err)?;
     for (p, l) in c.points.iter().zip(&c.labels) {
