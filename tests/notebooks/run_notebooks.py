@@ -2,13 +2,15 @@
 
 A notebook fails when any cell reports an error, prints a panic, or writes anything to stderr:
 evcxr reports a `?` error in a cell only as its message on stderr, not as a failed cell, so
-stderr itself is the signal (transferlab writes progress to stdout in notebooks). Executed notebooks (with their outputs and figures) are
+stderr itself is the signal (transferlab writes progress to stdout in notebooks); a barrier after
+each cell makes sure late stderr is seen. Executed notebooks (with their outputs and figures) are
 written to --out.
 
 Usage: run_notebooks.py [--out DIR] [--show] [--expect-failure] NOTEBOOK...
 """
 import argparse
 import pathlib
+import queue
 import re
 import sys
 import time
@@ -16,6 +18,7 @@ import time
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbclient.util import run_sync
 
 # Text that means a cell went wrong even though the kernel reported success.
 FAILURE = re.compile(
@@ -24,6 +27,12 @@ FAILURE = re.compile(
     re.MULTILINE,
 )
 HEADLESS_SETUP = ":preserve_vars_on_panic 0"
+# evcxr forwards the cell process's stderr from a reader thread, so a `?` error's message can
+# reach the client after the cell has already reported idle (and nbclient then drops it: it
+# only keeps output of the cell it is running). After every cell the runner writes this marker
+# to the same stderr and reads the kernel's output until the marker comes back: one pipe keeps
+# order, so everything the cell wrote is in by then.
+BARRIER = "__transferlab_cell_done__"
 
 
 def problems_in(cell):
@@ -40,6 +49,42 @@ def problems_in(cell):
             if m:
                 line = text[text.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0]
                 found.append(f"{out.get('name')}: {line.strip()}")
+    return found
+
+
+def late_output(client, timeout=60.0):
+    """Problems in what the kernel sends between a cell's idle and the barrier's marker."""
+    kc = client.kc
+    msg_id = kc.execute(f'eprintln!("{BARRIER}");', store_history=False)
+    found, marker, idle = [], False, False
+    deadline = time.time() + timeout
+    while not (marker and idle):
+        left = deadline - time.time()
+        if left <= 0:
+            found.append("the kernel did not finish the end-of-cell barrier; output may be lost")
+            break
+        try:
+            msg = run_sync(kc.get_iopub_msg)(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            text = content.get("text", "")
+            if BARRIER in text:
+                marker = True
+                text = text.replace(BARRIER, "")
+            if content.get("name") == "stderr" and text.strip():
+                found.append(f"stderr: {text.strip().splitlines()[0]}")
+            elif FAILURE.search(text):
+                found.append(f"{content.get('name')}: {text.strip().splitlines()[0]}")
+        elif kind == "error":
+            found.append(f"{content.get('ename')}: {content.get('evalue')}")
+        elif kind == "status" and content.get("execution_state") == "idle" and msg["parent_header"].get("msg_id") == msg_id:
+            idle = True
+    try:
+        run_sync(kc.get_shell_msg)(timeout=5)
+    except queue.Empty:
+        pass
     return found
 
 
@@ -77,7 +122,7 @@ def run(path, out_dir, timeout, verbose=False):
                 timings.append(time.time() - t0)
                 if verbose:
                     show(cell)
-                for p in problems_in(cell):
+                for p in problems_in(cell) + late_output(client):
                     failures.append(f"cell {index}: {p}")
                 if failures:
                     break

@@ -62,7 +62,10 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
     let lo = h.values.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = h.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let (rows, cols) = (h.rows.clone(), h.cols.clone());
-    let mut chart = ChartBuilder::on(area)
+    let (width, _) = area.dim_in_pixel();
+    let (area, bar) = area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
+    draw_colour_bar(&bar, lo, hi)?;
+    let mut chart = ChartBuilder::on(&area)
         .caption(&h.title, (FAMILY, TITLE_SIZE))
         .margin(MARGIN)
         .x_label_area_size(50)
@@ -100,6 +103,43 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
             }
         }
     }
+    Ok(())
+}
+
+/// Width in pixels of the colour scale beside the cells.
+const COLOUR_BAR_WIDTH: u32 = 100;
+
+/// The colour scale: the value range (symmetric around zero for diverging maps) as a vertical
+/// gradient with value ticks, so a reader can tell what a cell's colour means without its label.
+fn draw_colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, lo: f64, hi: f64) -> Result<()> {
+    let (a, b) = if lo < 0.0 && hi > 0.0 {
+        let m = lo.abs().max(hi.abs());
+        (-m, m)
+    } else if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, hi + 0.5)
+    };
+    // Gradient in x 0..1, tick values written to its right (x > 1): plotters' own axis labels
+    // would be painted over by the gradient in a strip this narrow.
+    let mut chart = ChartBuilder::on(area).margin_top(60).margin_bottom(60).margin_right(5).build_cartesian_2d(0f64..2.6f64, a..b).map_err(fig_err)?;
+    let steps = 120;
+    let at = |i: usize| a + (b - a) * i as f64 / steps as f64;
+    chart
+        .draw_series((0..steps).map(|i| Rectangle::new([(0.0, at(i)), (1.0, at(i + 1))], cell_colour((at(i) + at(i + 1)) / 2.0, lo, hi).filled())))
+        .map_err(fig_err)?;
+    chart.draw_series(std::iter::once(Rectangle::new([(0.0, a), (1.0, b)], BLACK.stroke_width(1)))).map_err(fig_err)?;
+    let style = TextStyle::from((FAMILY, TICK_SIZE).into_font()).pos(plotters::style::text_anchor::Pos::new(
+        plotters::style::text_anchor::HPos::Left,
+        plotters::style::text_anchor::VPos::Center,
+    ));
+    let ticks = 5;
+    chart
+        .draw_series((0..ticks).map(|k| {
+            let v = a + (b - a) * k as f64 / (ticks - 1) as f64;
+            Text::new(super::tick_label(v), (1.2, v), style.clone())
+        }))
+        .map_err(fig_err)?;
     Ok(())
 }
 
