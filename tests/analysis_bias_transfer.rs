@@ -74,3 +74,21 @@ fn bad_configurations_are_refused() {
     cfg.trigger = Trigger::badnets(9);
     assert!(run(&source, &train, &test, &cfg).is_err());
 }
+
+#[test]
+fn the_debiasing_sweep_keeps_the_study_rows_and_more_debiasing_means_less_fixed_feature_bias() {
+    use transferlab::analysis::bias_transfer::debias_sweep;
+    let (source, train, test) = data();
+    let cfg = quick();
+    let sweep = debias_sweep(&source, &train, &test, &cfg, &[0.0, 0.3]).unwrap();
+    assert_eq!(sweep.rows.len(), 6);
+    // The sweep's row at a rate is the study's de-biased row at that rate.
+    let study = run(&source, &train, &test, &BiasTransferConfig { debias_rate: 0.3, ..cfg.clone() }).unwrap();
+    let at = sweep.rows.iter().find(|(r, row)| *r == 0.3 && row.mode == "fixed-feature").unwrap();
+    assert_eq!(&at.1, study.row("biased", "fixed-feature", true).unwrap());
+    let fixed = sweep.shifts("fixed-feature (biased source)");
+    assert!(fixed[1].1 < fixed[0].1, "{fixed:?}");
+    assert_eq!(sweep.to_dataframe().unwrap().height(), 6);
+    assert!(debias_sweep(&source, &train, &test, &cfg, &[]).unwrap_err().to_string().contains("rates"));
+    assert!(debias_sweep(&source, &train, &test, &cfg, &[1.0]).unwrap_err().to_string().contains("de-bias rate"));
+}

@@ -82,3 +82,53 @@ fn bad_configurations_are_refused() {
     cfg.recipes[0].label_smoothing = 1.5;
     assert!(run(&st, &ss, &tt, &ts, &cfg).unwrap_err().to_string().contains("label smoothing"));
 }
+
+#[test]
+fn pretrained_sources_transfer_exactly_as_the_trained_ones() {
+    use transferlab::analysis::linear_probe::{run_pretrained, PretrainedSource};
+    use transferlab::models::{ModelSpec, Network};
+    use transferlab::train::{accuracy, train, TrainConfig};
+    let (st, ss, tt, ts) = data();
+    let cfg = quick();
+    let trained = run(&st, &ss, &tt, &ts, &cfg).unwrap();
+    // The same source models, trained outside the study, then handed in as "pretrained".
+    let mut sources = Vec::new();
+    for (m, recipe) in cfg.recipes.iter().enumerate() {
+        let seed = cfg.seed + m as u64;
+        let spec = ModelSpec::new(recipe.arch.clone(), st.shape, st.num_classes()).unwrap();
+        let mut net = Network::new(&spec, seed, &candle_core::Device::Cpu).unwrap();
+        let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.source_training.clone() };
+        train(&mut net, &st, None, &tc).unwrap();
+        let source_accuracy = accuracy(&net, &ss).unwrap();
+        sources.push(PretrainedSource { name: recipe.name.clone(), network: net, source_accuracy, source_test_size: ss.len() });
+    }
+    let pretrained = run_pretrained(sources, &tt, &ts, &cfg).unwrap();
+    assert_eq!(pretrained, trained);
+}
+
+#[test]
+fn pretrained_sources_are_checked_and_the_hub_path_is_off_without_a_hub() {
+    use transferlab::analysis::linear_probe::{hub_sources_available, run_pretrained, PretrainedSource, HUB_SOURCES};
+    use transferlab::hub::{Hub, HubConfig, LoopbackHub, ModelRegistry};
+    use transferlab::models::{ModelSpec, Network};
+    let (_, _, tt, ts) = data();
+    let cfg = quick();
+    let source = |input: (usize, usize, usize), acc: f64| PretrainedSource {
+        name: "m".into(),
+        network: Network::new(&ModelSpec::named("mlp", input, 10).unwrap(), 0, &candle_core::Device::Cpu).unwrap(),
+        source_accuracy: acc,
+        source_test_size: 100,
+    };
+    assert!(run_pretrained(vec![], &tt, &ts, &cfg).unwrap_err().to_string().contains("at least one"));
+    let e = run_pretrained(vec![source((3, 8, 8), 0.5)], &tt, &ts, &cfg).unwrap_err().to_string();
+    assert!(e.contains("Preprocess"), "{e}");
+    assert!(run_pretrained(vec![source(tt.shape, 1.5)], &tt, &ts, &cfg).unwrap_err().to_string().contains("[0, 1]"));
+    // Every hub source is a registered model, and an empty hub offers none of them.
+    let reg = ModelRegistry::builtin();
+    assert!(HUB_SOURCES.iter().all(|(id, _)| reg.get(id).is_ok()));
+    let server = LoopbackHub::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = HubConfig::new(&server.endpoint(), dir.path());
+    c.progress = false;
+    assert!(!hub_sources_available(&Hub::new(c)));
+}

@@ -12,7 +12,7 @@ use crate::attacks::{evaluate_backdoor, poison, PoisonConfig, TargetMode, Trigge
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, ModelSpec, Network};
-use crate::report::{BarChart, Chart, Figure, Outcome};
+use crate::report::{BarChart, Chart, Figure, LineChart, Outcome};
 use crate::rng::{permutation, stream};
 use crate::train::{logits, train, LrSchedule, OptimizerConfig, Progress, ProgressMode, TrainConfig};
 use candle_core::{Device, D};
@@ -163,12 +163,7 @@ impl Outcome for BiasTransferResult {
     /// The paper's figure: the shift in P(class) (%) per condition, plain against de-biased
     /// target data.
     fn figure(&self) -> Result<Figure> {
-        let mut conditions: Vec<String> = Vec::new();
-        for r in &self.rows {
-            if !conditions.contains(&r.condition()) {
-                conditions.push(r.condition());
-            }
-        }
+        let conditions = distinct_conditions(self.rows.iter());
         // Short axis labels: the full names overlap under their bars.
         let short: Vec<String> = conditions
             .iter()
@@ -263,6 +258,91 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
         source_trigger_rate: biased_metrics.attack_success_rate,
         rows,
     })
+}
+
+/// The bias left at each strength of de-biasing: the study re-run with the trigger spread over
+/// `rates` of every target class, keeping scratch and the biased source's two transfer modes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DebiasSweep {
+    /// (de-bias rate, row) for scratch and for the biased source's fixed-feature and full
+    /// fine-tuning rows, trained on the target data de-biased at that rate.
+    pub rows: Vec<(f64, BiasTransferRow)>,
+}
+
+impl DebiasSweep {
+    /// The shift of `condition` (as [`BiasTransferRow::condition`] names it) at each rate.
+    pub fn shifts(&self, condition: &str) -> Vec<(f64, f64)> {
+        self.rows.iter().filter(|(_, r)| r.condition() == condition).map(|(rate, r)| (*rate, r.shift)).collect()
+    }
+
+}
+
+/// The rows' conditions, each once, in order of first appearance.
+fn distinct_conditions<'a>(rows: impl Iterator<Item = &'a BiasTransferRow>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in rows {
+        if !out.contains(&r.condition()) {
+            out.push(r.condition());
+        }
+    }
+    out
+}
+
+impl Outcome for DebiasSweep {
+    /// One row per (rate, target model): debias_rate, source, mode, accuracy, shift, flip_rate.
+    fn to_dataframe(&self) -> Result<DataFrame> {
+        let r = &self.rows;
+        Ok(DataFrame::new_infer_height(vec![
+            Series::new("debias_rate".into(), r.iter().map(|x| x.0).collect::<Vec<_>>()).into(),
+            Series::new("source".into(), r.iter().map(|x| x.1.source.clone()).collect::<Vec<_>>()).into(),
+            Series::new("mode".into(), r.iter().map(|x| x.1.mode.clone()).collect::<Vec<_>>()).into(),
+            Series::new("accuracy".into(), r.iter().map(|x| x.1.accuracy).collect::<Vec<_>>()).into(),
+            Series::new("shift".into(), r.iter().map(|x| x.1.shift).collect::<Vec<_>>()).into(),
+            Series::new("flip_rate".into(), r.iter().map(|x| x.1.flip_rate).collect::<Vec<_>>()).into(),
+        ])?)
+    }
+
+    /// The shift in P(class) (%) against the share of each target class carrying the trigger.
+    fn figure(&self) -> Result<Figure> {
+        let mut chart = LineChart::new("Bias transfer under de-biasing", "target images with the trigger, per class (%)", "shift in P(class) (%)");
+        for c in distinct_conditions(self.rows.iter().map(|(_, r)| r)) {
+            chart = chart.series(&c, self.shifts(&c).into_iter().map(|(x, y)| (100.0 * x, 100.0 * y)).collect());
+        }
+        Ok(Figure::new(Chart::Lines(chart)).with_size(900, 550))
+    }
+}
+
+/// Re-run the study at each de-bias rate of `rates` (each in [0, 1); 0 = the target as is)
+/// and keep the de-biased rows of scratch and of the biased source's transfers.
+///
+/// ```
+/// use transferlab::analysis::bias_transfer::{debias_sweep, BiasTransferConfig};
+/// let d = transferlab::data::digits()?;
+/// let source = d.class_subset(&[0, 1, 2], true)?.select(&(0..120).collect::<Vec<_>>())?;
+/// let (train, test) = d.class_subset(&[5, 6], true)?.split(0.5, 0, true)?;
+/// let mut cfg = BiasTransferConfig::default();
+/// cfg.arch = transferlab::models::Arch::Mlp { hidden: vec![16] };
+/// cfg.source_training.epochs = 1;
+/// cfg.target_training.epochs = 1;
+/// cfg.progress = transferlab::train::ProgressMode::Hidden;
+/// let sweep = debias_sweep(&source, &train, &test, &cfg, &[0.0, 0.2])?;
+/// assert_eq!(sweep.rows.len(), 6);
+/// # Ok::<(), transferlab::Error>(())
+/// ```
+pub fn debias_sweep(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg: &BiasTransferConfig, rates: &[f64]) -> Result<DebiasSweep> {
+    if rates.is_empty() {
+        return Err(Error::invalid("de-bias rates", "none given; give rates in [0, 1), e.g. [0.0, 0.05, 0.1]"));
+    }
+    let mut rows = Vec::new();
+    for &rate in rates {
+        let result = run(source, target_train, target_test, &BiasTransferConfig { debias_rate: rate, progress: ProgressMode::Hidden, ..cfg.clone() })?;
+        for (src, mode) in [("none", "scratch"), ("biased", "fixed-feature"), ("biased", "full fine-tuning")] {
+            if let Some(r) = result.row(src, mode, true) {
+                rows.push((rate, r.clone()));
+            }
+        }
+    }
+    Ok(DebiasSweep { rows })
 }
 
 /// A copy of `ds` with the trigger on `rate` of the images of every class (labels kept), so

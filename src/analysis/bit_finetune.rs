@@ -172,6 +172,16 @@ pub fn zero_head(net: &mut Network, num_classes: usize) -> Result<()> {
     Ok(())
 }
 
+/// The BiT-M ResNetV2-50x1 (ImageNet-21k) on the hub, the source notebooks use where the hub
+/// answers.
+pub const HUB_SOURCE: &str = "timm/resnetv2_50x1_bit.goog_in21k";
+
+/// Whether `hub` answers for [`HUB_SOURCE`] and CIFAR-10 (or has them cached).
+pub fn hub_source_available(hub: &crate::hub::Hub) -> bool {
+    use crate::hub::Repo;
+    hub.info(&Repo::model(HUB_SOURCE)).is_ok() && hub.info(&Repo::dataset(crate::analysis::zero_shot::CIFAR10)).is_ok()
+}
+
 /// How to run the few-shot and full-data comparison.
 ///
 /// Defaults: the paper's shots (1, 5, 10 per class) with three seeds each (the paper reports

@@ -203,6 +203,13 @@ pub fn log_odds(p: f64, n: usize) -> f64 {
 }
 
 impl LinearProbeResult {
+    fn new(rows: Vec<ProbeRow>, test_sizes: (usize, usize)) -> Self {
+        let mut result = LinearProbeResult { rows, probe_r: None, finetune_r: None, test_sizes };
+        result.probe_r = fit_line(&result.points(false)).map(|f| f.2);
+        result.finetune_r = fit_line(&result.points(true)).map(|f| f.2);
+        result
+    }
+
     fn points(&self, finetune: bool) -> Vec<(f64, f64)> {
         let (ns, nt) = self.test_sizes;
         self.rows
@@ -272,7 +279,6 @@ pub fn run(source_train: &Dataset, source_test: &Dataset, target_train: &Dataset
     if source_train.shape != target_train.shape || target_train.shape != target_test.shape || source_test.shape != source_train.shape {
         return Err(Error::shape("linear probe", "source and target images must have one shape; resize first"));
     }
-    let k = target_train.num_classes();
     let device = Device::Cpu;
     let progress = Progress::new("linear probes", cfg.recipes.len() as u64, cfg.progress);
     let mut rows = Vec::new();
@@ -283,26 +289,135 @@ pub fn run(source_train: &Dataset, source_test: &Dataset, target_train: &Dataset
         let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.source_training.clone() };
         train(&mut net, source_train, None, &tc)?;
         let source_accuracy = accuracy(&net, source_test)?;
-        let dim = net.feature_dim();
-        let ftr: Vec<f32> = features(&net, target_train)?.flatten_all()?.to_vec1()?;
-        let fte: Vec<f32> = features(&net, target_test)?.flatten_all()?.to_vec1()?;
-        let fit = probe(&ftr, dim, &target_train.labels, k, &cfg.l2_grid, cfg.val_fraction, &cfg.lbfgs, cfg.seed)?;
-        let probe_accuracy = fit.model.accuracy(&fte, &target_test.labels);
-        let finetune_accuracy = match &cfg.fine_tuning {
-            Some(ft) => {
-                net.replace_head(k, seed)?;
-                train(&mut net, target_train, None, &TrainConfig { seed, ..ft.clone() })?;
-                Some(accuracy(&net, target_test)?)
-            }
-            None => None,
-        };
+        let row = transfer(&recipe.name, recipe.label_smoothing, source_accuracy, net, target_train, target_test, cfg, seed)?;
         progress.inc(1);
-        progress.message(format!("{}: source {:.1}%, probe {:.1}%", recipe.name, 100.0 * source_accuracy, 100.0 * probe_accuracy));
-        rows.push(ProbeRow { name: recipe.name.clone(), label_smoothing: recipe.label_smoothing, source_accuracy, probe_accuracy, l2: fit.l2, finetune_accuracy });
+        progress.message(format!("{}: source {:.1}%, probe {:.1}%", row.name, 100.0 * source_accuracy, 100.0 * row.probe_accuracy));
+        rows.push(row);
     }
     progress.finish();
-    let mut result = LinearProbeResult { rows, probe_r: None, finetune_r: None, test_sizes: (source_test.len(), target_test.len()) };
-    result.probe_r = fit_line(&result.points(false)).map(|f| f.2);
-    result.finetune_r = fit_line(&result.points(true)).map(|f| f.2);
-    Ok(result)
+    Ok(LinearProbeResult::new(rows, (source_test.len(), target_test.len())))
+}
+
+/// Transfer one source network to the target task: the linear probe on its penultimate
+/// features, then (if configured) fine-tuning with a new head.
+#[allow(clippy::too_many_arguments)]
+fn transfer(
+    name: &str,
+    label_smoothing: f64,
+    source_accuracy: f64,
+    mut net: Network,
+    target_train: &Dataset,
+    target_test: &Dataset,
+    cfg: &LinearProbeConfig,
+    seed: u64,
+) -> Result<ProbeRow> {
+    let k = target_train.num_classes();
+    let dim = net.feature_dim();
+    let ftr: Vec<f32> = features(&net, target_train)?.flatten_all()?.to_vec1()?;
+    let fte: Vec<f32> = features(&net, target_test)?.flatten_all()?.to_vec1()?;
+    let fit = probe(&ftr, dim, &target_train.labels, k, &cfg.l2_grid, cfg.val_fraction, &cfg.lbfgs, cfg.seed)?;
+    let probe_accuracy = fit.model.accuracy(&fte, &target_test.labels);
+    let finetune_accuracy = match &cfg.fine_tuning {
+        Some(ft) => {
+            net.unfreeze_all();
+            net.replace_head(k, seed)?;
+            train(&mut net, target_train, None, &TrainConfig { seed, ..ft.clone() })?;
+            Some(accuracy(&net, target_test)?)
+        }
+        None => None,
+    };
+    Ok(ProbeRow { name: name.into(), label_smoothing, source_accuracy, probe_accuracy, l2: fit.l2, finetune_accuracy })
+}
+
+/// A source model trained elsewhere (e.g. downloaded from the hub), with its accuracy on its
+/// own source task as published for it.
+#[derive(Debug)]
+pub struct PretrainedSource {
+    pub name: String,
+    pub network: Network,
+    /// Accuracy on the source task's test set (e.g. ImageNet top-1 from the model card).
+    pub source_accuracy: f64,
+    /// How many test images that accuracy was measured on (ImageNet validation: 50,000); it
+    /// sets how far from 0 and 1 the log-odds are clamped.
+    pub source_test_size: usize,
+}
+
+/// Hub source models whose ImageNet-1k top-1 accuracy torchvision publishes (single 224 px
+/// centre crop, 50,000 validation images): ResNet-18 and ResNet-50 (IMAGENET1K_V1) and
+/// ResNet-50 (IMAGENET1K_V2), as timm hosts them. Two architectures and two recipes: the
+/// spread of source accuracy Kornblith et al. correlate with transfer.
+pub const HUB_SOURCES: [(&str, f64); 3] =
+    [("timm/resnet18.tv_in1k", 0.69758), ("timm/resnet50.tv_in1k", 0.76130), ("timm/resnet50.tv2_in1k", 0.80858)];
+
+/// Whether `hub` answers for every model of [`HUB_SOURCES`] (or has them cached).
+pub fn hub_sources_available(hub: &crate::hub::Hub) -> bool {
+    HUB_SOURCES.iter().all(|(id, _)| hub.info(&crate::hub::Repo::model(*id)).is_ok())
+}
+
+/// Download (or read from the cache) and load every model of [`HUB_SOURCES`] from `hub`.
+pub fn load_hub_sources(hub: &crate::hub::Hub, registry: &crate::hub::ModelRegistry) -> Result<Vec<PretrainedSource>> {
+    HUB_SOURCES
+        .iter()
+        .map(|&(id, top1)| {
+            Ok(PretrainedSource {
+                name: id.into(),
+                network: registry.load_network(hub, id, &Device::Cpu)?,
+                source_accuracy: top1,
+                source_test_size: 50_000,
+            })
+        })
+        .collect()
+}
+
+/// [`run`] for source models trained elsewhere: transfer each of `sources` to the target task
+/// by the linear probe and (if `cfg.fine_tuning` is set) fine-tuning, and correlate with the
+/// given source accuracies. `cfg.recipes` and `cfg.source_training` are not used. The target
+/// images must already have the networks' input shape (e.g. through the hub entry's
+/// [`Preprocess`](crate::hub::Preprocess)).
+///
+/// ```
+/// use transferlab::analysis::linear_probe::{run_pretrained, LinearProbeConfig, PretrainedSource};
+/// use transferlab::models::{ModelSpec, Network};
+/// let d = transferlab::data::digits()?;
+/// let (t_train, t_test) = d.class_subset(&[7, 8], true)?.split(0.5, 0, true)?;
+/// let spec = ModelSpec::named("mlp", d.shape, 10)?;
+/// let sources = vec![
+///     PretrainedSource { name: "a".into(), network: Network::new(&spec, 0, &candle_core::Device::Cpu)?, source_accuracy: 0.7, source_test_size: 100 },
+///     PretrainedSource { name: "b".into(), network: Network::new(&spec, 1, &candle_core::Device::Cpu)?, source_accuracy: 0.8, source_test_size: 100 },
+/// ];
+/// let mut cfg = LinearProbeConfig::default();
+/// cfg.l2_grid = vec![1e-2];
+/// cfg.fine_tuning = None;
+/// cfg.progress = transferlab::train::ProgressMode::Hidden;
+/// let result = run_pretrained(sources, &t_train, &t_test, &cfg)?;
+/// assert_eq!(result.rows[1].source_accuracy, 0.8);
+/// # Ok::<(), transferlab::Error>(())
+/// ```
+pub fn run_pretrained(sources: Vec<PretrainedSource>, target_train: &Dataset, target_test: &Dataset, cfg: &LinearProbeConfig) -> Result<LinearProbeResult> {
+    if sources.is_empty() {
+        return Err(Error::invalid("source models", "give at least one pretrained source model"));
+    }
+    if target_train.shape != target_test.shape {
+        return Err(Error::shape("linear probe", "target training and test images must have one shape"));
+    }
+    if let Some(s) = sources.iter().find(|s| s.network.spec().input != target_train.shape) {
+        return Err(Error::shape(
+            "linear probe",
+            format!("{} takes {:?} images but the target images are {:?}; preprocess them with the model's Preprocess first", s.name, s.network.spec().input, target_train.shape),
+        ));
+    }
+    if let Some(s) = sources.iter().find(|s| !(0.0..=1.0).contains(&s.source_accuracy) || s.source_test_size == 0) {
+        return Err(Error::invalid("source accuracy", format!("{}: {} on {} images; give an accuracy in [0, 1] measured on at least one image", s.name, s.source_accuracy, s.source_test_size)));
+    }
+    let source_test_size = sources.iter().map(|s| s.source_test_size).min().unwrap_or(1);
+    let progress = Progress::new("linear probes", sources.len() as u64, cfg.progress);
+    let mut rows = Vec::new();
+    for (m, s) in sources.into_iter().enumerate() {
+        let row = transfer(&s.name, 0.0, s.source_accuracy, s.network, target_train, target_test, cfg, cfg.seed.wrapping_add(m as u64))?;
+        progress.inc(1);
+        progress.message(format!("{}: probe {:.1}%", row.name, 100.0 * row.probe_accuracy));
+        rows.push(row);
+    }
+    progress.finish();
+    Ok(LinearProbeResult::new(rows, (source_test_size, target_test.len())))
 }

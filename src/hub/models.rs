@@ -215,6 +215,27 @@ impl ModelRegistry {
                 about: "ResNet-50, ImageNet-1k, timm A1 recipe; torchvision names".into(),
             },
             ModelEntry {
+                name: "timm/resnet18.tv_in1k".into(),
+                family: Family::Network(imagenet("resnet18")),
+                source: hub("timm/resnet18.tv_in1k", "model.safetensors"),
+                preprocess: Preprocess::timm(224, 0.875, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                about: "ResNet-18, ImageNet-1k, torchvision's original weights (IMAGENET1K_V1, top-1 69.8 %)".into(),
+            },
+            ModelEntry {
+                name: "timm/resnet50.tv_in1k".into(),
+                family: Family::Network(imagenet("resnet50")),
+                source: hub("timm/resnet50.tv_in1k", "model.safetensors"),
+                preprocess: Preprocess::timm(224, 0.875, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                about: "ResNet-50, ImageNet-1k, torchvision's original weights (IMAGENET1K_V1, top-1 76.1 %)".into(),
+            },
+            ModelEntry {
+                name: "timm/resnet50.tv2_in1k".into(),
+                family: Family::Network(imagenet("resnet50")),
+                source: hub("timm/resnet50.tv2_in1k", "model.safetensors"),
+                preprocess: Preprocess::timm(224, 0.965, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                about: "ResNet-50, ImageNet-1k, torchvision's new recipe (IMAGENET1K_V2, top-1 80.9 %)".into(),
+            },
+            ModelEntry {
                 name: "timm/resnetv2_50x1_bit.goog_in21k".into(),
                 family: Family::Network(bit),
                 source: hub("timm/resnetv2_50x1_bit.goog_in21k", "model.safetensors"),

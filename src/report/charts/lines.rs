@@ -54,5 +54,49 @@ pub(super) fn draw<DB: DrawingBackend>(c: &LineChart, area: &DrawingArea<DB, Shi
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, col.filled())))
             .map_err(fig_err)?;
     }
-    super::draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
+    super::draw_legend(&mut chart, quietest_corner(c, xs, ys))
+}
+
+/// The plot corner the lines pass through least (points and points along each segment), so
+/// the legend hides no data; lower right when several are empty.
+fn quietest_corner(c: &LineChart, xs: (f64, f64), ys: (f64, f64)) -> SeriesLabelPosition {
+    let (wx, wy) = ((xs.1 - xs.0).max(f64::MIN_POSITIVE), (ys.1 - ys.0).max(f64::MIN_POSITIVE));
+    let mut counts = [0usize; 4]; // lower right, upper right, upper left, lower left
+    for (_, points) in &c.series {
+        let samples = points.windows(2).flat_map(|w| (0..8).map(move |k| {
+            let t = k as f64 / 8.0;
+            (w[0].0 + t * (w[1].0 - w[0].0), w[0].1 + t * (w[1].1 - w[0].1))
+        }));
+        for (x, y) in samples.chain(points.last().copied()) {
+            let (u, v) = ((x - xs.0) / wx, (y - ys.0) / wy);
+            let (right, left, top, bottom) = (u > 0.55, u < 0.45, v > 0.7, v < 0.3);
+            for (i, inside) in [right && bottom, right && top, left && top, left && bottom].into_iter().enumerate() {
+                counts[i] += inside as usize;
+            }
+        }
+    }
+    let best = (0..4).min_by_key(|&i| (counts[i], i)).unwrap_or(0);
+    match best {
+        1 => SeriesLabelPosition::UpperRight,
+        2 => SeriesLabelPosition::UpperLeft,
+        3 => SeriesLabelPosition::LowerLeft,
+        _ => SeriesLabelPosition::LowerRight,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_where_no_line_passes() {
+        let falling = LineChart::new("t", "x", "y").series("a", vec![(0.0, 100.0), (10.0, 0.0)]);
+        assert!(matches!(quietest_corner(&falling, (0.0, 10.0), (0.0, 100.0)), SeriesLabelPosition::UpperRight));
+        let rising = LineChart::new("t", "x", "y").series("a", vec![(0.0, 0.0), (10.0, 100.0)]);
+        assert!(matches!(quietest_corner(&rising, (0.0, 10.0), (0.0, 100.0)), SeriesLabelPosition::LowerRight));
+        let top = LineChart::new("t", "x", "y").series("a", vec![(0.0, 95.0), (5.0, 100.0), (10.0, 95.0)]);
+        assert!(matches!(quietest_corner(&top, (0.0, 10.0), (0.0, 100.0)), SeriesLabelPosition::LowerRight));
+        let bottom = LineChart::new("t", "x", "y").series("a", vec![(0.0, 5.0), (5.0, 0.0), (10.0, 5.0)]);
+        assert!(matches!(quietest_corner(&bottom, (0.0, 10.0), (0.0, 100.0)), SeriesLabelPosition::UpperRight));
+    }
 }
