@@ -7,6 +7,7 @@ use crate::report::font::FAMILY;
 use crate::report::style::{colour, TICK_SIZE};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Points (optionally labelled), the fitted line y = a + b x, and r in the legend.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +69,10 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
     let (point_col, line_col) = (colour(0), colour(1));
     chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, point_col.filled()))).map_err(fig_err)?;
     for (p, l) in c.points.iter().zip(&c.labels) {
-        chart.draw_series(std::iter::once(Text::new(l.clone(), (p.0, p.1), (FAMILY, TICK_SIZE)))).map_err(fig_err)?;
+        // Labels of points in the right half end at their point, so long names stay inside the plot.
+        let side = if p.0 > xs.0 + 0.5 * (xs.1 - xs.0) { HPos::Right } else { HPos::Left };
+        let style = TextStyle::from((FAMILY, TICK_SIZE).into_font()).pos(Pos::new(side, VPos::Top));
+        chart.draw_series(std::iter::once(Text::new(l.clone(), (p.0, p.1), style))).map_err(fig_err)?;
     }
     if let Some((a, b, r)) = fit_line(&c.points) {
         chart
