@@ -319,8 +319,10 @@ pub fn layer_io(net: &Network, layer: usize, ds: &Dataset) -> Result<(Tensor, Te
     let h = layer_input(net, layer, ds)?;
     let t = net.named_tensors()?;
     let (wn, bn) = param_names(fam, layer);
-    let w = t[&wn].to_device(&Device::Cpu)?;
-    let b = t[&bn].to_device(&Device::Cpu)?;
+    let get = |name: &str| -> Result<Tensor> {
+        Ok(t.get(name).ok_or_else(|| Error::invalid("classifier editing model", format!("no {name}")))?.to_device(&Device::Cpu)?)
+    };
+    let (w, b) = (get(&wn)?, get(&bn)?);
     let (keys, hw) = match fam {
         Family::Mlp => (h, (1, 1)),
         _ => {
