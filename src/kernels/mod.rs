@@ -16,8 +16,8 @@
 //! bit-identical from run to run whatever the number of threads.
 //!
 //! Fused forms (`max_pool2d_relu`, `batch_norm_train_relu`, `batch_norm_eval_relu`,
-//! `add_relu`) compute exactly what the two-op form computes, with one graph node instead of
-//! two: candle's backward pass allocates a zeroed gradient and adds into it for every node,
+//! `add_relu`, `conv2d_batch_norm_train`) compute exactly what the separate ops compute, with
+//! one graph node instead of two or three: candle's backward pass allocates a zeroed gradient and adds into it for every node,
 //! which for activation-sized tensors costs as much as the op itself.
 //!
 //! Two things outside this module decide much of the speed: gemm compiled with debug
@@ -28,6 +28,7 @@
 
 mod activation;
 mod conv;
+mod conv_bn;
 mod gemm;
 mod loss;
 mod norm;
@@ -35,6 +36,7 @@ mod pool;
 
 pub use activation::{add_relu, relu};
 pub use conv::conv2d;
+pub use conv_bn::{conv2d_batch_norm_train, ConvBn};
 pub use loss::{cross_entropy, cross_entropy_with_smoothing};
 pub use norm::{batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
 pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};

@@ -81,6 +81,12 @@ impl BatchNorm {
         } else {
             kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
         };
+        self.update_running(&out)?;
+        Ok(out.output)
+    }
+
+    /// Moves the running statistics towards the batch statistics of `out`.
+    fn update_running(&self, out: &kernels::BatchNormOutput) -> Result<()> {
         let m = self.momentum;
         let mean = out.mean.to_dtype(self.running_mean.dtype())?;
         let var = out.unbiased_var()?.to_dtype(self.running_var.dtype())?;
@@ -88,7 +94,32 @@ impl BatchNorm {
         let rv = self.running_var.as_detached_tensor();
         self.running_mean.set(&((rm * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var.set(&((rv * (1.0 - m))? + (var * m)?)?)?;
-        Ok(out.output)
+        Ok(())
+    }
+}
+
+/// `relu?(bn(conv(x)) + residual?)`: a convolution without bias, batch norm, an optional
+/// residual add and an optional ReLU. In training mode this is one op
+/// ([`kernels::conv2d_batch_norm_train`], bit-identical to the separate ops and a graph node
+/// for three); in eval mode, or for a convolution with a bias, the separate ops.
+pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    if train && conv.bias.is_none() {
+        let spec = kernels::ConvBn { stride: conv.stride, padding: conv.padding, eps: bn.eps, relu };
+        let out = kernels::conv2d_batch_norm_train(x, &conv.weight, &bn.weight, &bn.bias, residual, spec)?;
+        bn.update_running(&out)?;
+        return Ok(out.output);
+    }
+    let z = conv.forward(x)?;
+    match residual {
+        None => bn.forward_impl(&z, train, relu),
+        Some(r) => {
+            let y = bn.forward_t(&z, train)?;
+            if relu {
+                add_relu(&y, r)
+            } else {
+                y + r
+            }
+        }
     }
 }
 
