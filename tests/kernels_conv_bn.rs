@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use transferlab::kernels::{self, ConvBn};
+use transferlab::models::layers::subsample2d;
 use transferlab::rng::{normal, stream_at};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -204,4 +205,114 @@ fn rejects_mismatched_shapes() {
     assert!(kernels::conv2d_batch_norm_train(&t[0], &t[1], &randn(&[4], 1), &t[3], None, spec).is_err());
     assert!(kernels::conv2d_batch_norm_train(&t[0], &randn(&[5, 2, 3, 3], 1), &t[2], &t[3], None, spec).is_err());
     assert!(kernels::conv2d_batch_norm_train(&t[0], &t[1], &t[2], &t[3], None, ConvBn { stride: 0, ..spec }).is_err());
+}
+
+/// The block from the separate kernels: conv -> BN -> ReLU, conv -> BN -> + shortcut -> ReLU.
+fn block_separate(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
+    let s1 = ConvBn { stride, padding: 1, eps: 1e-5, relu: true };
+    let h = separate(&t[..4], s1);
+    let r = match shortcut {
+        kernels::Shortcut::Identity => t[0].clone(),
+        kernels::Shortcut::SubsamplePad(pad) => subsample2d(&t[0], 2).unwrap().pad_with_zeros(1, pad, pad).unwrap(),
+    };
+    separate(&[h, t[4].clone(), t[5].clone(), t[6].clone(), r], ConvBn { stride: 1, ..s1 })
+}
+
+fn block_reference(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
+    let s1 = ConvBn { stride, padding: 1, eps: 1e-5, relu: true };
+    let h = reference(&t[..4], s1);
+    let r = match shortcut {
+        kernels::Shortcut::Identity => t[0].clone(),
+        kernels::Shortcut::SubsamplePad(pad) => subsample2d(&t[0], 2).unwrap().pad_with_zeros(1, pad, pad).unwrap(),
+    };
+    reference(&[h, t[4].clone(), t[5].clone(), t[6].clone(), r], ConvBn { stride: 1, ..s1 })
+}
+
+fn block_fused(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
+    let p = kernels::BlockParams { conv1: &t[1], gamma1: &t[2], beta1: &t[3], conv2: &t[4], gamma2: &t[5], beta2: &t[6] };
+    kernels::basic_block_train(&t[0], p, kernels::BasicBlock { stride, shortcut, eps: 1e-5 }).unwrap().output
+}
+
+/// (N, C_in, H, W, C_out, stride, shortcut): identity and option A, odd sizes. (Not a stride-2
+/// width whose last column no output reads, such as 6: candle 0.11's own conv2d backward,
+/// the reference here, returns a gradient one column short for it.)
+fn block_cases() -> Vec<(usize, usize, usize, usize, usize, usize, kernels::Shortcut)> {
+    use kernels::Shortcut::*;
+    vec![(3, 4, 7, 5, 4, 1, Identity), (5, 4, 7, 9, 8, 2, SubsamplePad(2)), (2, 2, 8, 8, 4, 2, SubsamplePad(1)), (17, 16, 8, 8, 16, 1, Identity), (4, 3, 5, 7, 5, 2, SubsamplePad(1))]
+}
+
+fn block_inputs(case: usize) -> (Vec<Tensor>, usize, kernels::Shortcut) {
+    let (n, cin, h, w, cout, stride, shortcut) = block_cases()[case];
+    let seed = 300 + 10 * case as u64;
+    let t = vec![
+        randn(&[n, cin, h, w], seed).affine(1.0, 0.3).unwrap(),
+        (randn(&[cout, cin, 3, 3], seed + 1) * 0.3).unwrap(),
+        randn(&[cout], seed + 2).affine(0.5, 1.0).unwrap(),
+        randn(&[cout], seed + 3),
+        (randn(&[cout, cout, 3, 3], seed + 4) * 0.2).unwrap(),
+        randn(&[cout], seed + 5).affine(0.5, 1.0).unwrap(),
+        randn(&[cout], seed + 6),
+    ];
+    (t, stride, shortcut)
+}
+
+#[test]
+fn basic_block_matches_candle_ops_and_the_separate_kernels_bit_for_bit() {
+    for case in 0..block_cases().len() {
+        let (t, stride, sc) = block_inputs(case);
+        let (y1, g1) = grads_of(&t, &|t| block_fused(t, stride, sc), 11);
+        let (y2, g2) = grads_of(&t, &|t| block_reference(t, stride, sc), 11);
+        let (y3, g3) = grads_of(&t, &|t| block_separate(t, stride, sc), 11);
+        assert_close(&y1, &y2, &format!("block {case}: value"));
+        assert_eq!(values(&y1), values(&y3), "block {case}: value vs separate kernels");
+        for (i, ((a, b), c)) in g1.iter().zip(&g2).zip(&g3).enumerate() {
+            let a = a.as_ref().expect("gradient");
+            assert_close(a, b.as_ref().unwrap(), &format!("block {case}: gradient {i}"));
+            assert_eq!(values(a), values(c.as_ref().unwrap()), "block {case}: gradient {i} vs separate kernels");
+        }
+        let p = kernels::BlockParams { conv1: &t[1], gamma1: &t[2], beta1: &t[3], conv2: &t[4], gamma2: &t[5], beta2: &t[6] };
+        let out = kernels::basic_block_train(&t[0], p, kernels::BasicBlock { stride, shortcut: sc, eps: 1e-5 }).unwrap();
+        let a = kernels::conv2d_batch_norm_train(&t[0], &t[1], &t[2], &t[3], None, ConvBn { stride, padding: 1, eps: 1e-5, relu: true }).unwrap();
+        assert_eq!(values(&out.bn[0].mean), values(&a.mean), "block {case}: bn1 mean");
+        assert_eq!(values(&out.bn[0].var), values(&a.var), "block {case}: bn1 var");
+        let z2 = kernels::conv2d(&a.output, &t[4], None, 1, 1).unwrap();
+        let b = kernels::batch_norm_train(&z2, &t[5], &t[6], 1e-5).unwrap();
+        assert_eq!(values(&out.bn[1].mean), values(&b.mean), "block {case}: bn2 mean");
+        assert_eq!(values(&out.bn[1].var), values(&b.var), "block {case}: bn2 var");
+        assert_eq!(out.bn[1].count, b.count);
+    }
+}
+
+#[test]
+fn basic_block_is_deterministic_across_thread_counts() {
+    let (t, stride, sc) = block_inputs(1);
+    let run = || {
+        let (y, g) = grads_of(&t, &|t| block_fused(t, stride, sc), 5);
+        let mut v = values(&y);
+        g.iter().for_each(|g| v.extend(values(g.as_ref().unwrap())));
+        v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+    };
+    let a = run();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+    let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(run);
+    assert_eq!(a, one);
+    assert_eq!(a, three);
+}
+
+#[test]
+fn basic_block_falls_back_and_rejects_bad_shapes() {
+    let (t, stride, sc) = block_inputs(1);
+    let t64: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect();
+    let y = block_fused(&t64, stride, sc);
+    assert_eq!(y.dtype(), DType::F64);
+    assert_close(&y, &block_fused(&t, stride, sc), "f64 fallback");
+    let p = kernels::BlockParams { conv1: &t[1], gamma1: &t[2], beta1: &t[3], conv2: &t[4], gamma2: &t[5], beta2: &t[6] };
+    let spec = kernels::BasicBlock { stride, shortcut: sc, eps: 1e-5 };
+    // Option A with the wrong padding, an identity shortcut across a channel change, a
+    // stride-1 option A block, a mismatched second convolution.
+    assert!(kernels::basic_block_train(&t[0], p, kernels::BasicBlock { shortcut: kernels::Shortcut::SubsamplePad(1), ..spec }).is_err());
+    assert!(kernels::basic_block_train(&t[0], p, kernels::BasicBlock { shortcut: kernels::Shortcut::Identity, ..spec }).is_err());
+    assert!(kernels::basic_block_train(&t[0], p, kernels::BasicBlock { stride: 1, ..spec }).is_err());
+    assert!(kernels::basic_block_train(&t[0], kernels::BlockParams { conv2: &t[1], ..p }, spec).is_err());
+    assert!(kernels::basic_block_train(&t[0], p, kernels::BasicBlock { stride: 0, ..spec }).is_err());
 }

@@ -127,26 +127,9 @@ impl ConvBnTrain {
         let xs = cpu_slice(x.0, x.1, "conv2d_batch_norm_train")?;
         let ps = cpu_slice(p.0, p.1, "conv2d_batch_norm_train")?;
         let rs = r.map(|(s, l)| cpu_slice(s, l, "conv2d_batch_norm_train")).transpose()?;
-        let (wl, c, s) = (self.wlen(), g.cout, g.p());
-        let (w, gamma, beta) = (&ps[..wl], &ps[wl..wl + c], &ps[wl + c..wl + 2 * c]);
-        let z = conv::forward(&g, xs, w, None);
-        let (stats, scale, shift) = Stats::of_batch(&z, (g.n, c, s), gamma, beta, self.spec.eps);
-        let mut y = vec![0f32; z.len()];
-        let relu = self.spec.relu;
-        match rs {
-            None => for_planes_mut(&mut y, c, s, |ch, yp, i| affine_plane(&z[i * s..][..s], scale[ch], shift[ch], relu, yp)),
-            Some(rs) => for_planes_mut(&mut y, c, s, |ch, yp, i| {
-                let (zp, rp) = (&z[i * s..][..s], &rs[i * s..][..s]);
-                let (sc, sh) = (scale[ch], shift[ch]);
-                // The batch norm's output rounded to f32 first, then the add: as the two ops.
-                for ((o, &v), &rv) in yp.iter_mut().zip(zp).zip(rp) {
-                    let bn = v * sc + sh;
-                    *o = if relu { (bn + rv).max(0.0) } else { bn + rv };
-                }
-            }),
-        }
+        let (z, stats, y) = layer_forward(&g, xs, split_params(ps, self.wlen(), g.cout), self.spec, rs);
         let _ = self.saved.set(Saved { z, stats });
-        Ok((CpuStorage::F32(y), Shape::from((g.n, c, g.ho, g.wo))))
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
     /// Gradients of `x`, the packed parameters and the residual.
@@ -155,8 +138,6 @@ impl ConvBnTrain {
             bail!("conv2d_batch_norm_train backward: the forward pass did not run on the CPU")
         };
         let g = self.geom(x.shape())?;
-        let (wl, c, s) = (self.wlen(), g.cout, g.p());
-        let m = (g.n * s) as f32;
         // The gradient at the batch norm's output (and the residual's): dy where the output is
         // positive.
         let gt = if self.spec.relu { super::activation::relu_grad(y, dy)? } else { dy.contiguous()? };
@@ -164,24 +145,7 @@ impl ConvBnTrain {
         let (dx, dp) = with_f32(&gt, "conv2d_batch_norm_train backward", |gs| {
             with_f32(x, "conv2d_batch_norm_train backward", |xs| {
                 with_f32(p, "conv2d_batch_norm_train backward", |ps| {
-                    let (w, gamma) = (&ps[..wl], &ps[wl..wl + c]);
-                    let (z, st) = (&sv.z, &sv.stats);
-                    let sums = st.grad_sums(z, gs, (g.n, c, s));
-                    let (a, k2, mdb) = dx_coefficients(st, gamma, &sums, m);
-                    let row = |i: usize, co: usize, dst: &mut [f32]| {
-                        let o = (i * c + co) * s;
-                        let (a, k2, mdb, mu) = (a[co], k2[co], mdb[co], st.mean[co]);
-                        for ((d, &gv), &v) in dst.iter_mut().zip(&gs[o..o + s]).zip(&z[o..o + s]) {
-                            *d = a * (gv - mdb) - k2 * (v - mu);
-                        }
-                    };
-                    let grads = backward_rows(&g, xs, w, &row, needs);
-                    let dp = grads.dw.map(|mut dp| {
-                        dp.extend(sums.iter().zip(&st.invstd).map(|(p, &is)| p.1 * is));
-                        dp.extend(sums.iter().map(|p| p.0));
-                        dp
-                    });
-                    (grads.dx, dp)
+                    layer_backward(&g, xs, split_params(ps, self.wlen(), g.cout), &sv.z, &sv.stats, gs, needs)
                 })
             })
         })???;
@@ -190,6 +154,57 @@ impl ConvBnTrain {
         let dr = r.filter(|r| r.track_op()).map(|_| gt);
         Ok((dx, dp, dr))
     }
+}
+
+/// (conv weight, gamma, beta) of a packed parameter slice.
+pub(super) fn split_params(ps: &[f32], wlen: usize, c: usize) -> (&[f32], &[f32], &[f32]) {
+    (&ps[..wlen], &ps[wlen..wlen + c], &ps[wlen + c..wlen + 2 * c])
+}
+
+/// The forward pass of one conv -> BN (-> + residual) (-> ReLU) layer: the convolution's
+/// output, its batch statistics and the layer's output.
+pub(super) fn layer_forward(g: &Geom, xs: &[f32], (w, gamma, beta): (&[f32], &[f32], &[f32]), spec: ConvBn, rs: Option<&[f32]>) -> (Vec<f32>, Stats, Vec<f32>) {
+    let (c, s) = (g.cout, g.p());
+    let z = conv::forward(g, xs, w, None);
+    let (stats, scale, shift) = Stats::of_batch(&z, (g.n, c, s), gamma, beta, spec.eps);
+    let mut y = vec![0f32; z.len()];
+    let relu = spec.relu;
+    match rs {
+        None => for_planes_mut(&mut y, c, s, |ch, yp, i| affine_plane(&z[i * s..][..s], scale[ch], shift[ch], relu, yp)),
+        Some(rs) => for_planes_mut(&mut y, c, s, |ch, yp, i| {
+            let (zp, rp) = (&z[i * s..][..s], &rs[i * s..][..s]);
+            let (sc, sh) = (scale[ch], shift[ch]);
+            // The batch norm's output rounded to f32 first, then the add: as the two ops.
+            for ((o, &v), &rv) in yp.iter_mut().zip(zp).zip(rp) {
+                let bn = v * sc + sh;
+                *o = if relu { (bn + rv).max(0.0) } else { bn + rv };
+            }
+        }),
+    }
+    (z, stats, y)
+}
+
+/// The backward pass of one layer given `gs`, the gradient at the batch norm's output (ReLU
+/// mask applied): the input gradient and the packed parameter gradient, as `needs` asks.
+pub(super) fn layer_backward(g: &Geom, xs: &[f32], (w, gamma, _): (&[f32], &[f32], &[f32]), z: &[f32], st: &Stats, gs: &[f32], needs: Needs) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (c, s) = (g.cout, g.p());
+    let m = (g.n * s) as f32;
+    let sums = st.grad_sums(z, gs, (g.n, c, s));
+    let (a, k2, mdb) = dx_coefficients(st, gamma, &sums, m);
+    let row = |i: usize, co: usize, dst: &mut [f32]| {
+        let o = (i * c + co) * s;
+        let (a, k2, mdb, mu) = (a[co], k2[co], mdb[co], st.mean[co]);
+        for ((d, &gv), &v) in dst.iter_mut().zip(&gs[o..o + s]).zip(&z[o..o + s]) {
+            *d = a * (gv - mdb) - k2 * (v - mu);
+        }
+    };
+    let grads = backward_rows(g, xs, w, &row, needs);
+    let dp = grads.dw.map(|mut dp| {
+        dp.extend(sums.iter().zip(&st.invstd).map(|(p, &is)| p.1 * is));
+        dp.extend(sums.iter().map(|p| p.0));
+        dp
+    });
+    (grads.dx, dp)
 }
 
 impl CustomOp2 for ConvBnTrain {

@@ -16,7 +16,7 @@
 //! bit-identical from run to run whatever the number of threads.
 //!
 //! Fused forms (`max_pool2d_relu`, `batch_norm_train_relu`, `batch_norm_eval_relu`,
-//! `add_relu`, `conv2d_batch_norm_train`) compute exactly what the separate ops compute, with
+//! `add_relu`, `conv2d_batch_norm_train`, `basic_block_train`) compute exactly what the separate ops compute, with
 //! one graph node instead of two or three: candle's backward pass allocates a zeroed gradient and adds into it for every node,
 //! which for activation-sized tensors costs as much as the op itself.
 //!
@@ -33,6 +33,7 @@ mod gemm;
 mod loss;
 mod norm;
 mod pool;
+mod res_block;
 
 pub use activation::{add_relu, relu};
 pub use conv::conv2d;
@@ -40,6 +41,7 @@ pub use conv_bn::{conv2d_batch_norm_train, ConvBn};
 pub use loss::{cross_entropy, cross_entropy_with_smoothing};
 pub use norm::{batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
 pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};
+pub use res_block::{basic_block_train, BasicBlock, BasicBlockOutput, BatchStats, BlockParams, Shortcut};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};

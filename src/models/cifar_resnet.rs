@@ -1,6 +1,7 @@
 //! He et al. (2016) ResNets for 32x32 images: ResNet-20/32/44/56 with option-A shortcuts.
 
-use super::layers::{conv_bn, global_avg_pool, subsample2d, BatchNorm, Conv2d};
+use super::layers::{basic_block, conv_bn, global_avg_pool, subsample2d, BatchNorm, Conv2d};
+use crate::kernels::Shortcut;
 use super::Body;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -34,14 +35,15 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let out = conv_bn(&self.conv1, &self.bn1, x, train, true, None)?;
-        let shortcut = match self.shortcut_pad {
-            // The reference subsamples by 2 whatever the stride: the two only differ in
-            // blocks it never builds.
-            Some(pad) => subsample2d(x, 2)?.pad_with_zeros(1, pad, pad)?,
-            None => x.clone(),
+        let kind = match self.shortcut_pad {
+            Some(pad) => Shortcut::SubsamplePad(pad),
+            None => Shortcut::Identity,
         };
-        conv_bn(&self.conv2, &self.bn2, &out, train, true, Some(&shortcut))
+        // The reference subsamples by 2 whatever the stride: the two only differ in blocks it
+        // never builds.
+        let pad = self.shortcut_pad.unwrap_or(0);
+        let shortcut_of = |x: &Tensor| subsample2d(x, 2)?.pad_with_zeros(1, pad, pad);
+        basic_block(x, [&self.conv1, &self.conv2], [&self.bn1, &self.bn2], kind, train, shortcut_of)
     }
 }
 
