@@ -348,7 +348,7 @@ pub(super) fn backward_rows(g: &Geom, x: &[f32], w: &[f32], dy_row: DyRow<'_>, n
         .map(|(c, mut dx_part)| {
             with_scratch((k + cout) * group * p, |scratch| {
                 let (cols, dys) = scratch.split_at_mut(k * group * p);
-                let mut dw = vec![0f32; if needs.dw { cout * k } else { 0 }];
+                let mut dwt = vec![0f32; if needs.dw { k * cout } else { 0 }];
                 let mut db = vec![0f32; if needs.db { cout } else { 0 }];
                 let start = c * chunk;
                 let end = (start + chunk).min(g.n);
@@ -372,7 +372,11 @@ pub(super) fn backward_rows(g: &Geom, x: &[f32], w: &[f32], dy_row: DyRow<'_>, n
                         for j in 0..m {
                             im2col(g, &x[(s0 + j) * g.in_len()..][..g.in_len()], cols, ld, j * p);
                         }
-                        matmul(cout, k, ld, Operand::plain(dys), Operand::transposed(&cols[..k * ld]), &mut dw, true);
+                        // dW^T = cols . dys^T, row-major: gemm computes it as dys . cols^T
+                        // into a column-major result, packing the small `dys` and reading
+                        // `cols` as it is; asked for dW itself, it would first copy (pack)
+                        // all of `cols`, as much memory traffic as building it.
+                        matmul(k, cout, ld, Operand::plain(&cols[..k * ld]), Operand::transposed(dys), &mut dwt, true);
                     }
                     if let Some(dxp) = dx_part.as_deref_mut() {
                         matmul(k, ld, cout, Operand::transposed(w), Operand::plain(dys), &mut cols[..k * ld], false);
@@ -382,6 +386,12 @@ pub(super) fn backward_rows(g: &Geom, x: &[f32], w: &[f32], dy_row: DyRow<'_>, n
                         }
                     }
                     s0 += m;
+                }
+                let mut dw = vec![0f32; dwt.len()];
+                for (kk, row) in dwt.chunks_exact(cout).enumerate() {
+                    for (co, &v) in row.iter().enumerate() {
+                        dw[co * k + kk] = v;
+                    }
                 }
                 (dw, db)
             })
