@@ -316,3 +316,51 @@ fn basic_block_falls_back_and_rejects_bad_shapes() {
     assert!(kernels::basic_block_train(&t[0], kernels::BlockParams { conv2: &t[1], ..p }, spec).is_err());
     assert!(kernels::basic_block_train(&t[0], p, kernels::BasicBlock { stride: 0, ..spec }).is_err());
 }
+
+#[test]
+fn conv2d_affine_matches_candle_ops_and_the_separate_kernels_bit_for_bit() {
+    for case in 0..CASES.len() {
+        for residual in [false, true] {
+            for relu in [true, false] {
+                let (t, mut spec) = inputs(case, residual);
+                spec.relu = relu;
+                let what = format!("affine case {case} residual {residual} relu {relu}");
+                let fused = move |t: &[Tensor]| kernels::conv2d_affine(&t[0], &t[1], &t[2], &t[3], t.get(4), spec).unwrap();
+                let separate = move |t: &[Tensor]| {
+                    let z = kernels::conv2d(&t[0], &t[1], None, spec.stride, spec.padding).unwrap();
+                    let y = kernels::channel_affine(&z, &t[2], &t[3]).unwrap();
+                    match (t.get(4), relu) {
+                        (None, false) => y,
+                        (None, true) => kernels::relu(&y).unwrap(),
+                        (Some(r), false) => (y + r).unwrap(),
+                        (Some(r), true) => kernels::add_relu(&y, r).unwrap(),
+                    }
+                };
+                let reference = move |t: &[Tensor]| {
+                    let c = t[2].dim(0).unwrap();
+                    let z = t[0].conv2d(&t[1], spec.padding, spec.stride, 1, 1).unwrap();
+                    let mut y = z.broadcast_mul(&t[2].reshape((1, c, 1, 1)).unwrap()).unwrap().broadcast_add(&t[3].reshape((1, c, 1, 1)).unwrap()).unwrap();
+                    if let Some(r) = t.get(4) {
+                        y = (y + r).unwrap();
+                    }
+                    if relu {
+                        y = y.relu().unwrap();
+                    }
+                    y
+                };
+                let (y1, g1) = grads_of(&t, &fused, 21);
+                let (y2, g2) = grads_of(&t, &separate, 21);
+                let (y3, g3) = grads_of(&t, &reference, 21);
+                assert_eq!(values(&y1), values(&y2), "{what}: value vs separate kernels");
+                assert_close(&y1, &y3, &format!("{what}: value"));
+                for (i, ((a, b), c)) in g1.iter().zip(&g2).zip(&g3).enumerate() {
+                    let a = a.as_ref().expect("gradient");
+                    assert_eq!(values(a), values(b.as_ref().unwrap()), "{what}: gradient {i} vs separate kernels");
+                    assert_close(a, c.as_ref().unwrap(), &format!("{what}: gradient {i}"));
+                }
+            }
+        }
+    }
+    let (t, spec) = inputs(0, false);
+    assert!(kernels::conv2d_affine(&t[0], &t[1], &randn(&[4], 1), &t[3], None, spec).is_err());
+}

@@ -12,7 +12,7 @@
 //! to `conv2d` -> `batch_norm_train(_relu)` (-> `add_relu`).
 
 use super::conv::{self, backward_rows, Geom, Needs};
-use super::norm::{affine_plane, check_channel_vec, dx_coefficients, for_planes_mut, BatchNormOutput, Stats};
+use super::norm::{affine_plane, check_channel_vec, dx_coefficients, for_planes_mut, grad_sums, BatchNormOutput, Stats};
 use super::{cpu_slice, cpu_tensor, fast_path, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, OnceLock};
@@ -72,7 +72,7 @@ pub fn conv2d_batch_norm_train(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Te
     // concatenation's backward pass hands each parameter its slice of the gradient.
     let params = Tensor::cat(&[&w.flatten_all()?, gamma, beta], 0)?;
     let saved = Arc::new(OnceLock::new());
-    let op = ConvBnTrain { spec, wdims: w.dims4()?, saved: saved.clone() };
+    let op = ConvBnTrain { spec, wdims: w.dims4()?, affine: false, saved: saved.clone() };
     let x = x.contiguous()?;
     let output = match residual {
         Some(r) => x.apply_op3(&params, &r.contiguous()?, op)?,
@@ -81,8 +81,11 @@ pub fn conv2d_batch_norm_train(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Te
     let Some(sv) = saved.get() else {
         bail!("conv2d_batch_norm_train: the forward pass left no statistics")
     };
-    let mean = cpu_tensor(sv.stats.mean.clone(), &[cout])?;
-    let var = cpu_tensor(sv.stats.var.clone(), &[cout])?;
+    let Some(st) = &sv.stats else {
+        bail!("conv2d_batch_norm_train: the forward pass left no statistics")
+    };
+    let mean = cpu_tensor(st.mean.clone(), &[cout])?;
+    let var = cpu_tensor(st.var.clone(), &[cout])?;
     Ok(BatchNormOutput { output, mean, var, count })
 }
 
@@ -103,12 +106,16 @@ fn unfused(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, residual: Opti
 /// norm's input) and its statistics.
 struct Saved {
     z: Vec<f32>,
-    stats: Stats,
+    /// Batch statistics (training mode); none for a given per-channel affine map.
+    stats: Option<Stats>,
 }
 
 struct ConvBnTrain {
     spec: ConvBn,
     wdims: (usize, usize, usize, usize),
+    /// The parameters are (weight, scale, shift) of a fixed affine map (eval-mode batch norm)
+    /// rather than (weight, gamma, beta) of a batch norm with batch statistics.
+    affine: bool,
     saved: Arc<OnceLock<Saved>>,
 }
 
@@ -127,7 +134,15 @@ impl ConvBnTrain {
         let xs = cpu_slice(x.0, x.1, "conv2d_batch_norm_train")?;
         let ps = cpu_slice(p.0, p.1, "conv2d_batch_norm_train")?;
         let rs = r.map(|(s, l)| cpu_slice(s, l, "conv2d_batch_norm_train")).transpose()?;
-        let (z, stats, y) = layer_forward(&g, xs, split_params(ps, self.wlen(), g.cout), self.spec, rs);
+        let params = split_params(ps, self.wlen(), g.cout);
+        let (z, stats, y) = if self.affine {
+            let z = conv::forward(&g, xs, params.0, None);
+            let y = affine_output(&g, &z, (params.1, params.2), self.spec.relu, rs);
+            (z, None, y)
+        } else {
+            let (z, stats, y) = layer_forward(&g, xs, params, self.spec, rs);
+            (z, Some(stats), y)
+        };
         let _ = self.saved.set(Saved { z, stats });
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -145,7 +160,11 @@ impl ConvBnTrain {
         let (dx, dp) = with_f32(&gt, "conv2d_batch_norm_train backward", |gs| {
             with_f32(x, "conv2d_batch_norm_train backward", |xs| {
                 with_f32(p, "conv2d_batch_norm_train backward", |ps| {
-                    layer_backward(&g, xs, split_params(ps, self.wlen(), g.cout), &sv.z, &sv.stats, gs, needs)
+                    let params = split_params(ps, self.wlen(), g.cout);
+                    match &sv.stats {
+                        Some(st) => layer_backward(&g, xs, params, &sv.z, st, gs, needs),
+                        None => affine_backward(&g, xs, params, &sv.z, gs, needs),
+                    }
                 })
             })
         })???;
@@ -164,11 +183,16 @@ pub(super) fn split_params(ps: &[f32], wlen: usize, c: usize) -> (&[f32], &[f32]
 /// The forward pass of one conv -> BN (-> + residual) (-> ReLU) layer: the convolution's
 /// output, its batch statistics and the layer's output.
 pub(super) fn layer_forward(g: &Geom, xs: &[f32], (w, gamma, beta): (&[f32], &[f32], &[f32]), spec: ConvBn, rs: Option<&[f32]>) -> (Vec<f32>, Stats, Vec<f32>) {
-    let (c, s) = (g.cout, g.p());
     let z = conv::forward(g, xs, w, None);
-    let (stats, scale, shift) = Stats::of_batch(&z, (g.n, c, s), gamma, beta, spec.eps);
+    let (stats, scale, shift) = Stats::of_batch(&z, (g.n, g.cout, g.p()), gamma, beta, spec.eps);
+    let y = affine_output(g, &z, (&scale, &shift), spec.relu, rs);
+    (z, stats, y)
+}
+
+/// `relu?(z * scale + shift + residual?)` per channel, as the separate ops round it.
+fn affine_output(g: &Geom, z: &[f32], (scale, shift): (&[f32], &[f32]), relu: bool, rs: Option<&[f32]>) -> Vec<f32> {
+    let (c, s) = (g.cout, g.p());
     let mut y = vec![0f32; z.len()];
-    let relu = spec.relu;
     match rs {
         None => for_planes_mut(&mut y, c, s, |ch, yp, i| affine_plane(&z[i * s..][..s], scale[ch], shift[ch], relu, yp)),
         Some(rs) => for_planes_mut(&mut y, c, s, |ch, yp, i| {
@@ -181,7 +205,7 @@ pub(super) fn layer_forward(g: &Geom, xs: &[f32], (w, gamma, beta): (&[f32], &[f
             }
         }),
     }
-    (z, stats, y)
+    y
 }
 
 /// The backward pass of one layer given `gs`, the gradient at the batch norm's output (ReLU
@@ -205,6 +229,61 @@ pub(super) fn layer_backward(g: &Geom, xs: &[f32], (w, gamma, _): (&[f32], &[f32
         dp
     });
     (grads.dx, dp)
+}
+
+/// [`layer_backward`] for a fixed affine map `(w, scale, shift)`: the input gradient and the
+/// packed (weight, scale, shift) gradient, arithmetic as `channel_affine`'s backward.
+fn affine_backward(g: &Geom, xs: &[f32], (w, scale, _): (&[f32], &[f32], &[f32]), z: &[f32], gs: &[f32], needs: Needs) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (c, s) = (g.cout, g.p());
+    let row = |i: usize, co: usize, dst: &mut [f32]| {
+        let o = (i * c + co) * s;
+        let sc = scale[co];
+        for (d, &gv) in dst.iter_mut().zip(&gs[o..o + s]) {
+            *d = gv * sc;
+        }
+    };
+    let grads = backward_rows(g, xs, w, &row, needs);
+    let dp = grads.dw.map(|mut dp| {
+        let sums = grad_sums(z, gs, (g.n, c, s), |_| 0.0);
+        dp.extend(sums.iter().map(|p| p.1));
+        dp.extend(sums.iter().map(|p| p.0));
+        dp
+    });
+    (grads.dx, dp)
+}
+
+/// `relu?(conv2d(x, w) * scale + shift + residual?)` with per-channel `scale` and `shift`
+/// (C_out): a convolution followed by eval-mode batch norm (see
+/// [`batch_norm_eval_affine`](super::batch_norm_eval_affine)) as one op, bit-identical to
+/// `conv2d` -> `channel_affine` (-> `add_relu`). Gradients flow to all inputs; `spec.eps` is
+/// not used.
+pub fn conv2d_affine(x: &Tensor, w: &Tensor, scale: &Tensor, shift: &Tensor, residual: Option<&Tensor>, spec: ConvBn) -> Result<Tensor> {
+    let cout = conv::check_shapes(x, w, spec.stride, spec.padding)?;
+    check_channel_vec(scale, cout, "conv2d_affine scale")?;
+    check_channel_vec(shift, cout, "conv2d_affine shift")?;
+    let g = Geom::new(x.shape(), w.shape(), spec.stride, spec.padding)?;
+    if let Some(r) = residual {
+        if r.dims() != [g.n, cout, g.ho, g.wo] {
+            bail!("conv2d_affine: residual has shape {:?}, the output {:?}", r.dims(), [g.n, cout, g.ho, g.wo])
+        }
+    }
+    let all_fast = fast_path(x) && fast_path(w) && fast_path(scale) && fast_path(shift) && residual.is_none_or(fast_path);
+    if !all_fast {
+        let y = super::channel_affine(&super::conv2d(x, w, None, spec.stride, spec.padding)?, scale, shift)?;
+        return match (residual, spec.relu) {
+            (None, false) => Ok(y),
+            (None, true) => super::relu(&y),
+            (Some(r), false) => &y + r,
+            (Some(r), true) => super::add_relu(&y, r),
+        };
+    }
+    let params = Tensor::cat(&[&w.flatten_all()?, scale, shift], 0)?;
+    let op = ConvBnTrain { spec, wdims: w.dims4()?, affine: true, saved: Arc::new(OnceLock::new()) };
+    let x = x.contiguous()?;
+    match residual {
+        Some(r) => x.apply_op3(&params, &r.contiguous()?, op),
+        None => x.apply_op2(&params, op),
+    }
 }
 
 impl CustomOp2 for ConvBnTrain {

@@ -87,9 +87,17 @@ fn batch_norm_eval_impl(x: &Tensor, running_mean: &Tensor, running_var: &Tensor,
     for (t, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")] {
         check_channel_vec(t, c, what)?;
     }
+    let (scale, shift) = batch_norm_eval_affine(running_mean, running_var, weight, bias, eps)?;
+    channel_affine_impl(x, &scale, &shift, relu)
+}
+
+/// The per-channel `(scale, shift)` that eval-mode batch norm applies:
+/// `weight / sqrt(running_var + eps)` and `bias - running_mean * scale`, differentiable in
+/// `weight` and `bias`.
+pub fn batch_norm_eval_affine(running_mean: &Tensor, running_var: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let scale = weight.broadcast_div(&(running_var.detach() + eps)?.sqrt()?)?;
     let shift = (bias - running_mean.detach().mul(&scale)?)?;
-    channel_affine_impl(x, &scale, &shift, relu)
+    Ok((scale, shift))
 }
 
 /// `x * scale[c] + shift[c]` for `x` (N, C, ...) and per-channel `scale`, `shift` (C).
@@ -251,21 +259,26 @@ impl Stats {
 
     /// Per channel `(sum(dy), sum(dy * (x - mean)))` over the batch: the bias gradient and the
     /// weight gradient before scaling by `invstd`.
-    pub(super) fn grad_sums(&self, x: &[f32], dy: &[f32], (n, c, s): (usize, usize, usize)) -> Vec<(f32, f32)> {
-        (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sd, mut sdx) = (0f64, 0f64);
-                for i in 0..n {
-                    let o = (i * c + ch) * s;
-                    let (a, b) = sums_dy(&dy[o..o + s], &x[o..o + s], self.mean[ch]);
-                    sd += a;
-                    sdx += b;
-                }
-                (sd as f32, sdx as f32)
-            })
-            .collect()
+    pub(super) fn grad_sums(&self, x: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> Vec<(f32, f32)> {
+        grad_sums(x, dy, dims, |ch| self.mean[ch])
     }
+}
+
+/// Per channel `(sum(dy), sum(dy * (x - centre(channel))))` over the batch.
+pub(super) fn grad_sums(x: &[f32], dy: &[f32], (n, c, s): (usize, usize, usize), centre: impl Fn(usize) -> f32 + Sync) -> Vec<(f32, f32)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for i in 0..n {
+                let o = (i * c + ch) * s;
+                let (a, b) = sums_dy(&dy[o..o + s], &x[o..o + s], centre(ch));
+                sd += a;
+                sdx += b;
+            }
+            (sd as f32, sdx as f32)
+        })
+        .collect()
 }
 
 /// Per-channel constants of the batch-norm input gradient
@@ -373,19 +386,7 @@ impl CustomOp3 for ChannelAffine {
         let (dx, dscale, dshift) = with_f32(x, "channel_affine backward", |xs| {
             with_f32(scale, "channel_affine backward", |sc| {
                 with_f32(dy, "channel_affine backward", |dys| {
-                    let sums: Vec<(f32, f32)> = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let (mut sd, mut sdx) = (0f64, 0f64);
-                            for i in 0..n {
-                                let o = (i * c + ch) * s;
-                                let (a, b) = sums_dy(&dys[o..o + s], &xs[o..o + s], 0.0);
-                                sd += a;
-                                sdx += b;
-                            }
-                            (sd as f32, sdx as f32)
-                        })
-                        .collect();
+                    let sums = grad_sums(xs, dys, (n, c, s), |_| 0.0);
                     let dx = need_dx.then(|| {
                         let mut dx = vec![0f32; xs.len()];
                         for_planes_mut(&mut dx, c, s, |ch, dp, g| {

@@ -101,13 +101,20 @@ impl BatchNorm {
 /// `relu?(bn(conv(x)) + residual?)`: a convolution without bias, batch norm, an optional
 /// residual add and an optional ReLU. In training mode this is one op
 /// ([`kernels::conv2d_batch_norm_train`], bit-identical to the separate ops and a graph node
-/// for three); in eval mode, or for a convolution with a bias, the separate ops.
+/// for three); in eval mode too ([`kernels::conv2d_affine`] with the running statistics); for
+/// a convolution with a bias, the separate ops.
 pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
     if train && conv.bias.is_none() {
         let spec = kernels::ConvBn { stride: conv.stride, padding: conv.padding, eps: bn.eps, relu };
         let out = kernels::conv2d_batch_norm_train(x, &conv.weight, &bn.weight, &bn.bias, residual, spec)?;
         bn.update_running(&out.mean, &out.unbiased_var()?)?;
         return Ok(out.output);
+    }
+    if !train && conv.bias.is_none() {
+        let (rm, rv) = (bn.running_mean.as_detached_tensor(), bn.running_var.as_detached_tensor());
+        let (scale, shift) = kernels::batch_norm_eval_affine(&rm, &rv, &bn.weight, &bn.bias, bn.eps)?;
+        let spec = kernels::ConvBn { stride: conv.stride, padding: conv.padding, eps: bn.eps, relu };
+        return kernels::conv2d_affine(x, &conv.weight, &scale, &shift, residual, spec);
     }
     let z = conv.forward(x)?;
     match residual {
@@ -165,8 +172,8 @@ impl Module for InstanceNorm {
 /// A ResNet basic block, `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut)`, with 3x3
 /// convolutions without bias (padding 1, `conv1` carrying the stride). In training mode one
 /// op ([`kernels::basic_block_train`], bit-identical to the separate ops, one graph node for
-/// five); in eval mode the separate ops. `shortcut` is the block input's path to the output,
-/// already computed from `x` by the caller's `shortcut_of` when `kind` is not the identity.
+/// five); in eval mode two [`conv_bn`] ops, with `shortcut_of(x)` computing a non-identity
+/// shortcut (the fused op computes `kind` itself).
 pub fn basic_block(x: &Tensor, [conv1, conv2]: [&Conv2d; 2], [bn1, bn2]: [&BatchNorm; 2], kind: kernels::Shortcut, train: bool, shortcut_of: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let fusable = conv1.bias.is_none() && conv2.bias.is_none() && conv1.padding == 1 && conv2.padding == 1 && conv2.stride == 1 && bn1.eps == bn2.eps;
     let kernel3 = conv1.weight.dims().ends_with(&[3, 3]) && conv2.weight.dims().ends_with(&[3, 3]);
