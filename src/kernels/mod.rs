@@ -24,7 +24,11 @@
 //! assertions (as the dev profile compiles dependencies) runs at half its speed, and glibc's
 //! default malloc gives large freed blocks back to the OS, so each new activation-sized
 //! tensor page-faults; raising `glibc.malloc.mmap_threshold` and `trim_threshold` (through
-//! `GLIBC_TUNABLES` or `mallopt`) removes most of that.
+//! `GLIBC_TUNABLES` or `mallopt`) removes most of that. Third, candle 0.11 runs its own
+//! element-wise CPU ops (the backward pass's gradient sums among them) on a separate
+//! spin-waiting thread pool, not rayon's: with as many threads as cores, its workers and
+//! rayon's compete, and a profile shows the caller spinning in `BarrierGuard::drop`. Fewer
+//! graph nodes (the fused ops here, `basic_block_train` above all) mean fewer such ops.
 
 mod activation;
 mod conv;
