@@ -57,19 +57,34 @@ impl CustomOp1 for Relu {
 /// `dy` where `y > 0`, else 0: ReLU's backward pass given its output, also used by the ops
 /// that fuse a ReLU into their output.
 pub(super) fn relu_grad(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let dx = with_f32(y, "relu backward", |ys| {
-        with_f32(dy, "relu backward", |dys| {
-            let mut dx = vec![0f32; ys.len()];
-            let pass = |((dx, y), dy): ((&mut [f32], &[f32]), &[f32])| relu_grad_slice(y, dy, dx);
-            if ys.len() < PAR_MIN {
-                pass(((&mut dx, ys), dys));
-            } else {
-                dx.par_chunks_mut(PAR_MIN).zip(ys.par_chunks(PAR_MIN)).zip(dys.par_chunks(PAR_MIN)).for_each(pass);
-            }
-            dx
-        })
-    })??;
+    let dx = with_f32(y, "relu backward", |ys| with_f32(dy, "relu backward", |dys| relu_grad_vec(ys, dys)))??;
     cpu_tensor(dx, y.dims())
+}
+
+/// [`relu_grad`] on slices.
+pub(super) fn relu_grad_vec(ys: &[f32], dys: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; ys.len()];
+    let pass = |((dx, y), dy): ((&mut [f32], &[f32]), &[f32])| relu_grad_slice(y, dy, dx);
+    if ys.len() < PAR_MIN {
+        pass(((&mut dx, ys), dys));
+    } else {
+        dx.par_chunks_mut(PAR_MIN).zip(ys.par_chunks(PAR_MIN)).zip(dys.par_chunks(PAR_MIN)).for_each(pass);
+    }
+    dx
+}
+
+/// [`relu_grad_vec`] in place: `d` where `y > 0`, else 0.
+pub(super) fn relu_mask_in_place(ys: &[f32], d: &mut [f32]) {
+    let pass = |(d, y): (&mut [f32], &[f32])| {
+        for (d, &y) in d.iter_mut().zip(y) {
+            *d = f32::from_bits(d.to_bits() & ((y > 0.0) as u32).wrapping_neg());
+        }
+    };
+    if ys.len() < PAR_MIN {
+        pass((d, ys));
+    } else {
+        d.par_chunks_mut(PAR_MIN).zip(ys.par_chunks(PAR_MIN)).for_each(pass);
+    }
 }
 
 /// `relu(a + b)` for tensors of the same shape, as one op: the residual connection of a

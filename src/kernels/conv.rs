@@ -13,17 +13,7 @@ use rayon::prelude::*;
 /// On CPU f32 tensors the forward pass and all three gradients are computed here; elsewhere
 /// this is candle's `conv2d` followed by a broadcast bias add.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, cin, h, wd) = x.dims4()?;
-    let (cout, wcin, kh, kw) = w.dims4()?;
-    if cin != wcin {
-        bail!("conv2d: input has {cin} channels but the weight expects {wcin}")
-    }
-    if stride == 0 {
-        bail!("conv2d: stride must be at least 1")
-    }
-    if h + 2 * padding < kh || wd + 2 * padding < kw {
-        bail!("conv2d: kernel {kh}x{kw} is larger than the padded input {}x{}", h + 2 * padding, wd + 2 * padding)
-    }
+    let cout = check_shapes(x, w, stride, padding)?;
     if let Some(b) = bias {
         if b.dims() != [cout] {
             bail!("conv2d: bias has shape {:?}, expected [{cout}]", b.dims())
@@ -45,24 +35,40 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
     }
 }
 
+/// Checks that `w` can convolve `x` with this stride and padding; returns the output channels.
+pub(super) fn check_shapes(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<usize> {
+    let (_, cin, h, wd) = x.dims4()?;
+    let (cout, wcin, kh, kw) = w.dims4()?;
+    if cin != wcin {
+        bail!("conv2d: input has {cin} channels but the weight expects {wcin}")
+    }
+    if stride == 0 {
+        bail!("conv2d: stride must be at least 1")
+    }
+    if h + 2 * padding < kh || wd + 2 * padding < kw {
+        bail!("conv2d: kernel {kh}x{kw} is larger than the padded input {}x{}", h + 2 * padding, wd + 2 * padding)
+    }
+    Ok(cout)
+}
+
 /// Every size a convolution's loops need, derived once from the operand shapes.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
-    n: usize,
+pub(super) struct Geom {
+    pub n: usize,
     cin: usize,
     h: usize,
     w: usize,
-    cout: usize,
+    pub cout: usize,
     kh: usize,
     kw: usize,
     stride: usize,
     pad: usize,
-    ho: usize,
-    wo: usize,
+    pub ho: usize,
+    pub wo: usize,
 }
 
 impl Geom {
-    fn new(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Self> {
+    pub(super) fn new(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Self> {
         let (n, cin, h, wd) = x.dims4()?;
         let (cout, _, kh, kw) = w.dims4()?;
         let ho = (h + 2 * pad - kh) / stride + 1;
@@ -76,7 +82,7 @@ impl Geom {
     }
 
     /// Output pixels per channel.
-    fn p(&self) -> usize {
+    pub(super) fn p(&self) -> usize {
         self.ho * self.wo
     }
 
@@ -84,7 +90,7 @@ impl Geom {
         self.cin * self.h * self.w
     }
 
-    fn out_len(&self) -> usize {
+    pub(super) fn out_len(&self) -> usize {
         self.cout * self.p()
     }
 
@@ -275,7 +281,7 @@ fn is_pointwise(g: &Geom) -> bool {
     g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0
 }
 
-fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
     let mut out = vec![0f32; g.n * g.out_len()];
     let cols_len = if is_pointwise(g) { 0 } else { k * p };
@@ -300,22 +306,33 @@ fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
 
 /// Which gradients the backward pass must produce.
 #[derive(Clone, Copy)]
-struct Needs {
-    dx: bool,
-    dw: bool,
-    db: bool,
+pub(super) struct Needs {
+    pub dx: bool,
+    pub dw: bool,
+    pub db: bool,
 }
 
-struct Grads {
-    dx: Option<Vec<f32>>,
-    dw: Option<Vec<f32>>,
-    db: Option<Vec<f32>>,
+pub(super) struct Grads {
+    pub dx: Option<Vec<f32>>,
+    pub dw: Option<Vec<f32>>,
+    pub db: Option<Vec<f32>>,
 }
+
+/// Writes the output gradient of (sample, output channel) — `P` values — into the slice: a
+/// copy for a plain convolution, computed on the fly when an op fused after the convolution
+/// (batch norm) turns its own output gradient into the convolution's.
+pub(super) type DyRow<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
 /// All gradients in one pass over the batch: each chunk of samples stacks `group` samples'
 /// output gradients side by side, multiplies by the stacked im2col matrix for the weight
 /// gradient and by the transposed weight for the input gradient's columns.
 fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
+    let (p, cout) = (g.p(), g.cout);
+    backward_rows(g, x, w, &|i, co, dst| dst.copy_from_slice(&dy[(i * cout + co) * p..][..p]), needs)
+}
+
+/// [`backward`] with the output gradient given row by row.
+pub(super) fn backward_rows(g: &Geom, x: &[f32], w: &[f32], dy_row: DyRow<'_>, needs: Needs) -> Grads {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let chunk = g.n.div_ceil(GRAD_CHUNKS).max(1);
     let n_chunks = g.n.div_ceil(chunk);
@@ -331,7 +348,7 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
         .map(|(c, mut dx_part)| {
             with_scratch((k + cout) * group * p, |scratch| {
                 let (cols, dys) = scratch.split_at_mut(k * group * p);
-                let mut dw = vec![0f32; if needs.dw { cout * k } else { 0 }];
+                let mut dwt = vec![0f32; if needs.dw { k * cout } else { 0 }];
                 let mut db = vec![0f32; if needs.db { cout } else { 0 }];
                 let start = c * chunk;
                 let end = (start + chunk).min(g.n);
@@ -341,9 +358,8 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
                     let ld = m * p;
                     // The output gradients of samples s0..s0+m side by side: cout x (m*p).
                     for j in 0..m {
-                        let src = &dy[(s0 + j) * g.out_len()..][..g.out_len()];
-                        for (co, row) in src.chunks_exact(p).enumerate() {
-                            dys[co * ld + j * p..][..p].copy_from_slice(row);
+                        for co in 0..cout {
+                            dy_row(s0 + j, co, &mut dys[co * ld + j * p..][..p]);
                         }
                     }
                     let dys = &dys[..cout * ld];
@@ -356,7 +372,11 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
                         for j in 0..m {
                             im2col(g, &x[(s0 + j) * g.in_len()..][..g.in_len()], cols, ld, j * p);
                         }
-                        matmul(cout, k, ld, Operand::plain(dys), Operand::transposed(&cols[..k * ld]), &mut dw, true);
+                        // dW^T = cols . dys^T, row-major: gemm computes it as dys . cols^T
+                        // into a column-major result, packing the small `dys` and reading
+                        // `cols` as it is; asked for dW itself, it would first copy (pack)
+                        // all of `cols`, as much memory traffic as building it.
+                        matmul(k, cout, ld, Operand::plain(&cols[..k * ld]), Operand::transposed(dys), &mut dwt, true);
                     }
                     if let Some(dxp) = dx_part.as_deref_mut() {
                         matmul(k, ld, cout, Operand::transposed(w), Operand::plain(dys), &mut cols[..k * ld], false);
@@ -366,6 +386,12 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], needs: Needs) -> Grads {
                         }
                     }
                     s0 += m;
+                }
+                let mut dw = vec![0f32; dwt.len()];
+                for (kk, row) in dwt.chunks_exact(cout).enumerate() {
+                    for (co, &v) in row.iter().enumerate() {
+                        dw[co * k + kk] = v;
+                    }
                 }
                 (dw, db)
             })

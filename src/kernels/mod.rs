@@ -16,28 +16,36 @@
 //! bit-identical from run to run whatever the number of threads.
 //!
 //! Fused forms (`max_pool2d_relu`, `batch_norm_train_relu`, `batch_norm_eval_relu`,
-//! `add_relu`) compute exactly what the two-op form computes, with one graph node instead of
-//! two: candle's backward pass allocates a zeroed gradient and adds into it for every node,
+//! `add_relu`, `conv2d_batch_norm_train`, `basic_block_train`) compute exactly what the separate ops compute, with
+//! one graph node instead of two or three: candle's backward pass allocates a zeroed gradient and adds into it for every node,
 //! which for activation-sized tensors costs as much as the op itself.
 //!
 //! Two things outside this module decide much of the speed: gemm compiled with debug
 //! assertions (as the dev profile compiles dependencies) runs at half its speed, and glibc's
 //! default malloc gives large freed blocks back to the OS, so each new activation-sized
 //! tensor page-faults; raising `glibc.malloc.mmap_threshold` and `trim_threshold` (through
-//! `GLIBC_TUNABLES` or `mallopt`) removes most of that.
+//! `GLIBC_TUNABLES` or `mallopt`) removes most of that. Third, candle 0.11 runs its own
+//! element-wise CPU ops (the backward pass's gradient sums among them) on a separate
+//! spin-waiting thread pool, not rayon's: with as many threads as cores, its workers and
+//! rayon's compete, and a profile shows the caller spinning in `BarrierGuard::drop`. Fewer
+//! graph nodes (the fused ops here, `basic_block_train` above all) mean fewer such ops.
 
 mod activation;
 mod conv;
+mod conv_bn;
 mod gemm;
 mod loss;
 mod norm;
 mod pool;
+mod res_block;
 
 pub use activation::{add_relu, relu};
 pub use conv::conv2d;
+pub use conv_bn::{conv2d_affine, conv2d_batch_norm_train, ConvBn};
 pub use loss::{cross_entropy, cross_entropy_with_smoothing};
-pub use norm::{batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
+pub use norm::{batch_norm_eval, batch_norm_eval_affine, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
 pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};
+pub use res_block::{basic_block_train, BasicBlock, BasicBlockOutput, BatchStats, BlockParams, Shortcut};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};

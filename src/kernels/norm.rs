@@ -87,9 +87,17 @@ fn batch_norm_eval_impl(x: &Tensor, running_mean: &Tensor, running_var: &Tensor,
     for (t, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")] {
         check_channel_vec(t, c, what)?;
     }
+    let (scale, shift) = batch_norm_eval_affine(running_mean, running_var, weight, bias, eps)?;
+    channel_affine_impl(x, &scale, &shift, relu)
+}
+
+/// The per-channel `(scale, shift)` that eval-mode batch norm applies:
+/// `weight / sqrt(running_var + eps)` and `bias - running_mean * scale`, differentiable in
+/// `weight` and `bias`.
+pub fn batch_norm_eval_affine(running_mean: &Tensor, running_var: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let scale = weight.broadcast_div(&(running_var.detach() + eps)?.sqrt()?)?;
     let shift = (bias - running_mean.detach().mul(&scale)?)?;
-    channel_affine_impl(x, &scale, &shift, relu)
+    Ok((scale, shift))
 }
 
 /// `x * scale[c] + shift[c]` for `x` (N, C, ...) and per-channel `scale`, `shift` (C).
@@ -110,7 +118,7 @@ fn channel_affine_impl(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -
 }
 
 /// (N, C, product of the remaining axes) of a tensor with at least two axes.
-fn channel_dims(x: &Tensor, op: &str) -> Result<(usize, usize, usize)> {
+pub(super) fn channel_dims(x: &Tensor, op: &str) -> Result<(usize, usize, usize)> {
     let d = x.dims();
     if d.len() < 2 {
         bail!("{op}: input must be (N, C, ...), got shape {d:?}")
@@ -118,7 +126,7 @@ fn channel_dims(x: &Tensor, op: &str) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-fn check_channel_vec(t: &Tensor, c: usize, what: &str) -> Result<()> {
+pub(super) fn check_channel_vec(t: &Tensor, c: usize, what: &str) -> Result<()> {
     if t.dims() != [c] {
         bail!("{what} has shape {:?}, expected [{c}]", t.dims())
     }
@@ -187,7 +195,7 @@ fn sums_dy(dy: &[f32], x: &[f32], m: f32) -> (f64, f64) {
 }
 
 /// Applies `f(channel, plane_index_in_sample, plane)` to every (N, C) plane in parallel.
-fn for_planes_mut(out: &mut [f32], c: usize, s: usize, f: impl Fn(usize, &mut [f32], usize) + Sync) {
+pub(super) fn for_planes_mut(out: &mut [f32], c: usize, s: usize, f: impl Fn(usize, &mut [f32], usize) + Sync) {
     let per = (super::PAR_MIN / s.max(1)).max(1);
     out.par_chunks_mut(per * s).enumerate().for_each(|(t, chunk)| {
         for (i, plane) in chunk.chunks_exact_mut(s).enumerate() {
@@ -198,7 +206,7 @@ fn for_planes_mut(out: &mut [f32], c: usize, s: usize, f: impl Fn(usize, &mut [f
 }
 
 /// `y = x * scale + shift` over one plane, clamped at zero when `relu`.
-fn affine_plane(x: &[f32], scale: f32, shift: f32, relu: bool, y: &mut [f32]) {
+pub(super) fn affine_plane(x: &[f32], scale: f32, shift: f32, relu: bool, y: &mut [f32]) {
     if relu {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = (v * scale + shift).max(0.0);
@@ -219,10 +227,69 @@ fn relu_masked(relu: bool, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
 }
 
 /// Batch statistics as computed in the forward pass and reused by the backward pass.
-struct Stats {
-    mean: Vec<f32>,
-    var: Vec<f32>,
-    invstd: Vec<f32>,
+pub(super) struct Stats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+impl Stats {
+    /// The statistics of `x` (N, C, S) and the per-channel (scale, shift) that normalise it
+    /// and apply the affine `w`, `b`.
+    pub(super) fn of_batch(x: &[f32], (n, c, s): (usize, usize, usize), w: &[f32], b: &[f32], eps: f64) -> (Self, Vec<f32>, Vec<f32>) {
+        let m = (n * s) as f64;
+        // Two passes (mean, then squared deviations) as the reference does: one-pass
+        // E[x^2] - E[x]^2 loses precision when the mean is large.
+        let per_channel: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = || (0..n).map(|i| &x[(i * c + ch) * s..][..s]);
+                let mean = (planes().map(sum).sum::<f64>() / m) as f32;
+                let var = (planes().map(|p| sum_sq_dev(p, mean)).sum::<f64>() / m) as f32;
+                (mean, var)
+            })
+            .collect();
+        let mean: Vec<f32> = per_channel.iter().map(|p| p.0).collect();
+        let var: Vec<f32> = per_channel.iter().map(|p| p.1).collect();
+        let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32).collect();
+        let scale: Vec<f32> = (0..c).map(|i| invstd[i] * w[i]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
+        (Self { mean, var, invstd }, scale, shift)
+    }
+
+    /// Per channel `(sum(dy), sum(dy * (x - mean)))` over the batch: the bias gradient and the
+    /// weight gradient before scaling by `invstd`.
+    pub(super) fn grad_sums(&self, x: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> Vec<(f32, f32)> {
+        grad_sums(x, dy, dims, |ch| self.mean[ch])
+    }
+}
+
+/// Per channel `(sum(dy), sum(dy * (x - centre(channel))))` over the batch.
+pub(super) fn grad_sums(x: &[f32], dy: &[f32], (n, c, s): (usize, usize, usize), centre: impl Fn(usize) -> f32 + Sync) -> Vec<(f32, f32)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for i in 0..n {
+                let o = (i * c + ch) * s;
+                let (a, b) = sums_dy(&dy[o..o + s], &x[o..o + s], centre(ch));
+                sd += a;
+                sdx += b;
+            }
+            (sd as f32, sdx as f32)
+        })
+        .collect()
+}
+
+/// Per-channel constants of the batch-norm input gradient
+/// `dx = a * (dy - mdb) - k2 * (x - mean)`: (a, k2, mdb).
+pub(super) fn dx_coefficients(st: &Stats, w: &[f32], sums: &[(f32, f32)], m: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = w.len();
+    let dw: Vec<f32> = sums.iter().zip(&st.invstd).map(|(p, &is)| p.1 * is).collect();
+    let a: Vec<f32> = (0..c).map(|i| w[i] * st.invstd[i]).collect();
+    let k2: Vec<f32> = (0..c).map(|i| a[i] * st.invstd[i] * dw[i] / m).collect();
+    let mdb: Vec<f32> = sums.iter().map(|p| p.0 / m).collect();
+    (a, k2, mdb)
 }
 
 struct BatchNormTrain {
@@ -242,28 +309,12 @@ impl CustomOp3 for BatchNormTrain {
         let b = cpu_slice(s3, l3, "batch_norm_train")?;
         let d = l1.shape().dims();
         let (n, c, s) = (d[0], d[1], d[2..].iter().product::<usize>());
-        let m = (n * s) as f64;
-        // Two passes (mean, then squared deviations) as the reference does: one-pass
-        // E[x^2] - E[x]^2 loses precision when the mean is large.
-        let per_channel: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = || (0..n).map(|i| &x[(i * c + ch) * s..][..s]);
-                let mean = (planes().map(sum).sum::<f64>() / m) as f32;
-                let var = (planes().map(|p| sum_sq_dev(p, mean)).sum::<f64>() / m) as f32;
-                (mean, var)
-            })
-            .collect();
-        let mean: Vec<f32> = per_channel.iter().map(|p| p.0).collect();
-        let var: Vec<f32> = per_channel.iter().map(|p| p.1).collect();
-        let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32).collect();
-        let scale: Vec<f32> = (0..c).map(|i| invstd[i] * w[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
+        let (st, scale, shift) = Stats::of_batch(x, (n, c, s), w, b, self.eps);
         let mut y = vec![0f32; x.len()];
         for_planes_mut(&mut y, c, s, |ch, yp, g| {
             affine_plane(&x[g * s..][..s], scale[ch], shift[ch], self.relu, yp);
         });
-        let _ = self.stats.set(Stats { mean, var, invstd });
+        let _ = self.stats.set(st);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -278,27 +329,13 @@ impl CustomOp3 for BatchNormTrain {
         let (dx, dw, db) = with_f32(x, "batch_norm_train backward", |xs| {
             with_f32(w, "batch_norm_train backward", |ws| {
                 with_f32(dy, "batch_norm_train backward", |dys| {
-                    let sums: Vec<(f32, f32)> = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let (mut sd, mut sdx) = (0f64, 0f64);
-                            for i in 0..n {
-                                let o = (i * c + ch) * s;
-                                let (a, b) = sums_dy(&dys[o..o + s], &xs[o..o + s], st.mean[ch]);
-                                sd += a;
-                                sdx += b;
-                            }
-                            (sd as f32, sdx as f32)
-                        })
-                        .collect();
+                    let sums = st.grad_sums(xs, dys, (n, c, s));
                     let db: Vec<f32> = sums.iter().map(|p| p.0).collect();
                     let dw: Vec<f32> = sums.iter().zip(&st.invstd).map(|(p, &is)| p.1 * is).collect();
                     let dx = need_dx.then(|| {
                         // dx = w*invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), with
                         // xhat = (x - mean) * invstd, folded into one multiply-add per value.
-                        let a: Vec<f32> = (0..c).map(|i| ws[i] * st.invstd[i]).collect();
-                        let k2: Vec<f32> = (0..c).map(|i| a[i] * st.invstd[i] * dw[i] / m).collect();
-                        let mdb: Vec<f32> = db.iter().map(|&v| v / m).collect();
+                        let (a, k2, mdb) = dx_coefficients(st, ws, &sums, m);
                         let mut dx = vec![0f32; xs.len()];
                         for_planes_mut(&mut dx, c, s, |ch, dp, g| {
                             let (xp, gp) = (&xs[g * s..][..s], &dys[g * s..][..s]);
@@ -349,19 +386,7 @@ impl CustomOp3 for ChannelAffine {
         let (dx, dscale, dshift) = with_f32(x, "channel_affine backward", |xs| {
             with_f32(scale, "channel_affine backward", |sc| {
                 with_f32(dy, "channel_affine backward", |dys| {
-                    let sums: Vec<(f32, f32)> = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let (mut sd, mut sdx) = (0f64, 0f64);
-                            for i in 0..n {
-                                let o = (i * c + ch) * s;
-                                let (a, b) = sums_dy(&dys[o..o + s], &xs[o..o + s], 0.0);
-                                sd += a;
-                                sdx += b;
-                            }
-                            (sd as f32, sdx as f32)
-                        })
-                        .collect();
+                    let sums = grad_sums(xs, dys, (n, c, s), |_| 0.0);
                     let dx = need_dx.then(|| {
                         let mut dx = vec![0f32; xs.len()];
                         for_planes_mut(&mut dx, c, s, |ch, dp, g| {

@@ -1,9 +1,10 @@
 //! He et al. (2016) ResNets for 32x32 images: ResNet-20/32/44/56 with option-A shortcuts.
 
-use super::layers::{add_relu, global_avg_pool, subsample2d, BatchNorm, Conv2d};
+use super::layers::{basic_block, conv_bn, global_avg_pool, subsample2d, BatchNorm, Conv2d};
+use crate::kernels::Shortcut;
 use super::Body;
 use crate::error::{Error, Result};
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 /// Two 3x3 convolutions with batch norm; the shortcut is the identity or, where the block
@@ -34,15 +35,15 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let out = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
-        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
-        let shortcut = match self.shortcut_pad {
-            // The reference subsamples by 2 whatever the stride: the two only differ in
-            // blocks it never builds.
-            Some(pad) => subsample2d(x, 2)?.pad_with_zeros(1, pad, pad)?,
-            None => x.clone(),
+        let kind = match self.shortcut_pad {
+            Some(pad) => Shortcut::SubsamplePad(pad),
+            None => Shortcut::Identity,
         };
-        add_relu(&out, &shortcut)
+        // The reference subsamples by 2 whatever the stride: the two only differ in blocks it
+        // never builds.
+        let pad = self.shortcut_pad.unwrap_or(0);
+        let shortcut_of = |x: &Tensor| subsample2d(x, 2)?.pad_with_zeros(1, pad, pad);
+        basic_block(x, [&self.conv1, &self.conv2], [&self.bn1, &self.bn2], kind, train, shortcut_of)
     }
 }
 
@@ -84,7 +85,7 @@ impl CifarResNetBody {
 
 impl Body for CifarResNetBody {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
+        let mut h = conv_bn(&self.conv1, &self.bn1, x, train, true, None)?;
         for b in &self.blocks {
             h = b.forward_t(&h, train)?;
         }

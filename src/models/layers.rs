@@ -81,14 +81,52 @@ impl BatchNorm {
         } else {
             kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
         };
+        self.update_running(&out.mean, &out.unbiased_var()?)?;
+        Ok(out.output)
+    }
+
+    /// Moves the running statistics towards a batch's mean and unbiased variance.
+    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
         let m = self.momentum;
-        let mean = out.mean.to_dtype(self.running_mean.dtype())?;
-        let var = out.unbiased_var()?.to_dtype(self.running_var.dtype())?;
+        let mean = mean.to_dtype(self.running_mean.dtype())?;
+        let var = unbiased_var.to_dtype(self.running_var.dtype())?;
         let rm = self.running_mean.as_detached_tensor();
         let rv = self.running_var.as_detached_tensor();
         self.running_mean.set(&((rm * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var.set(&((rv * (1.0 - m))? + (var * m)?)?)?;
-        Ok(out.output)
+        Ok(())
+    }
+}
+
+/// `relu?(bn(conv(x)) + residual?)`: a convolution without bias, batch norm, an optional
+/// residual add and an optional ReLU. In training mode this is one op
+/// ([`kernels::conv2d_batch_norm_train`], bit-identical to the separate ops and a graph node
+/// for three); in eval mode too ([`kernels::conv2d_affine`] with the running statistics); for
+/// a convolution with a bias, the separate ops.
+pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    if train && conv.bias.is_none() {
+        let spec = kernels::ConvBn { stride: conv.stride, padding: conv.padding, eps: bn.eps, relu };
+        let out = kernels::conv2d_batch_norm_train(x, &conv.weight, &bn.weight, &bn.bias, residual, spec)?;
+        bn.update_running(&out.mean, &out.unbiased_var()?)?;
+        return Ok(out.output);
+    }
+    if !train && conv.bias.is_none() {
+        let (rm, rv) = (bn.running_mean.as_detached_tensor(), bn.running_var.as_detached_tensor());
+        let (scale, shift) = kernels::batch_norm_eval_affine(&rm, &rv, &bn.weight, &bn.bias, bn.eps)?;
+        let spec = kernels::ConvBn { stride: conv.stride, padding: conv.padding, eps: bn.eps, relu };
+        return kernels::conv2d_affine(x, &conv.weight, &scale, &shift, residual, spec);
+    }
+    let z = conv.forward(x)?;
+    match residual {
+        None => bn.forward_impl(&z, train, relu),
+        Some(r) => {
+            let y = bn.forward_t(&z, train)?;
+            if relu {
+                add_relu(&y, r)
+            } else {
+                y + r
+            }
+        }
     }
 }
 
@@ -129,6 +167,30 @@ impl Module for InstanceNorm {
             .broadcast_add(&self.bias.reshape((1, c, 1))?)?
             .reshape((n, c, h, w))
     }
+}
+
+/// A ResNet basic block, `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut)`, with 3x3
+/// convolutions without bias (padding 1, `conv1` carrying the stride). In training mode one
+/// op ([`kernels::basic_block_train`], bit-identical to the separate ops, one graph node for
+/// five); in eval mode two [`conv_bn`] ops, with `shortcut_of(x)` computing a non-identity
+/// shortcut (the fused op computes `kind` itself).
+pub fn basic_block(x: &Tensor, [conv1, conv2]: [&Conv2d; 2], [bn1, bn2]: [&BatchNorm; 2], kind: kernels::Shortcut, train: bool, shortcut_of: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let fusable = conv1.bias.is_none() && conv2.bias.is_none() && conv1.padding == 1 && conv2.padding == 1 && conv2.stride == 1 && bn1.eps == bn2.eps;
+    let kernel3 = conv1.weight.dims().ends_with(&[3, 3]) && conv2.weight.dims().ends_with(&[3, 3]);
+    if train && fusable && kernel3 {
+        let p = kernels::BlockParams { conv1: &conv1.weight, gamma1: &bn1.weight, beta1: &bn1.bias, conv2: &conv2.weight, gamma2: &bn2.weight, beta2: &bn2.bias };
+        let out = kernels::basic_block_train(x, p, kernels::BasicBlock { stride: conv1.stride, shortcut: kind, eps: bn1.eps })?;
+        for (bn, st) in [bn1, bn2].into_iter().zip(&out.bn) {
+            bn.update_running(&st.mean, &st.unbiased_var()?)?;
+        }
+        return Ok(out.output);
+    }
+    let out = conv_bn(conv1, bn1, x, train, true, None)?;
+    let shortcut = match kind {
+        kernels::Shortcut::Identity => x.clone(),
+        kernels::Shortcut::SubsamplePad(_) => shortcut_of(x)?,
+    };
+    conv_bn(conv2, bn2, &out, train, true, Some(&shortcut))
 }
 
 /// A fully connected layer (`weight` [out, in], `bias` [out]).
