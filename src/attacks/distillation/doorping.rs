@@ -1,7 +1,7 @@
 //! DOORPING's trigger update (Liu et al. 2023): during the distillation, the trigger is
-//! re-optimised to drive one penultimate-layer neuron of the current network, and the
-//! poisoned raw images are re-stamped with it, so that the distilled images come to encode a
-//! trigger the network already reacts to.
+//! re-optimised to drive a penultimate-layer neuron (or a few) of the network just trained on
+//! the synthetic set, and the poisoned raw images are re-stamped with it, so that the distilled
+//! images come to encode a trigger the network already reacts to.
 
 use super::gradient_matching::{IterationHook, MatchNet};
 use crate::data::Dataset;
