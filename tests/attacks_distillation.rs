@@ -191,6 +191,28 @@ fn same_seed_same_numbers_and_doorping_moves_its_trigger() {
     assert!(a.distilled_figure().unwrap().to_png().unwrap().len() > 100);
 }
 
+#[test]
+fn doorping_target_units_on_clean_images_raise_their_activation() {
+    let _serial = serial();
+    let data = digits().unwrap();
+    let cfg = DistillationBackdoorConfig {
+        variants: vec![DistillVariant::Doorping],
+        trigger_neuron: transferlab::attacks::distillation::NeuronChoice::TargetWeight,
+        trigger_topk: 3,
+        trigger_steps: 5,
+        ..tiny()
+    };
+    let a = distillation::run(&data, &cfg).unwrap();
+    let b = distillation::run(&data, &cfg).unwrap();
+    let door = a.get(DistillVariant::Doorping).unwrap();
+    assert_eq!(door.trigger, b.variants[0].trigger);
+    assert_eq!(door.trigger_updates.len(), 3);
+    for u in &door.trigger_updates {
+        assert!(u.steps <= 5, "{u:?}");
+        assert!(u.activation_after > u.activation_before, "the Adam steps should raise the units: {u:?}");
+    }
+}
+
 /// The notebook's miniature, with timings (run by hand: `cargo test --test attacks_distillation -- --ignored --nocapture`).
 #[test]
 #[ignore]
