@@ -148,6 +148,10 @@ fn bad_configurations_are_refused_with_a_reason() {
     assert!(e.contains("target class") && e.contains("10 does not exist"), "{e}");
     let e = err(DistillationBackdoorConfig { trigger: Trigger::badnets(2).at(transferlab::attacks::Placement::Random), ..tiny() });
     assert!(e.contains("not Random"), "{e}");
+    let e = err(DistillationBackdoorConfig { trigger_topk: 0, ..tiny() });
+    assert!(e.contains("trigger_topk") && e.contains("at least 1"), "{e}");
+    let e = err(DistillationBackdoorConfig { trigger_alpha: f64::NAN, ..tiny() });
+    assert!(e.contains("trigger_alpha") && e.contains("finite"), "{e}");
     let mut c = tiny();
     c.distill.depth = 4;
     let e = err(c);
@@ -177,7 +181,7 @@ fn same_seed_same_numbers_and_doorping_moves_its_trigger() {
     let (_, train) = data.split(0.3, cfg.seed, true).unwrap();
     assert_eq!(naive.poisoned_images, (0.1 * train.len() as f64).round() as usize);
     let door = a.get(DistillVariant::Doorping).unwrap();
-    assert_eq!(door.trigger_updates.len(), 6); // 3 iterations x 2 image updates
+    assert_eq!(door.trigger_updates.len(), 3); // 3 iterations x (2 - 1) inner loops
     for u in &door.trigger_updates {
         assert!(u.activation_after >= u.activation_before, "{u:?}");
     }
@@ -185,6 +189,28 @@ fn same_seed_same_numbers_and_doorping_moves_its_trigger() {
     let df = transferlab::report::Outcome::to_dataframe(&a).unwrap();
     assert_eq!(df.height(), 2);
     assert!(a.distilled_figure().unwrap().to_png().unwrap().len() > 100);
+}
+
+#[test]
+fn doorping_target_units_on_clean_images_raise_their_activation() {
+    let _serial = serial();
+    let data = digits().unwrap();
+    let cfg = DistillationBackdoorConfig {
+        variants: vec![DistillVariant::Doorping],
+        trigger_neuron: transferlab::attacks::distillation::NeuronChoice::TargetWeight,
+        trigger_topk: 3,
+        trigger_steps: 5,
+        ..tiny()
+    };
+    let a = distillation::run(&data, &cfg).unwrap();
+    let b = distillation::run(&data, &cfg).unwrap();
+    let door = a.get(DistillVariant::Doorping).unwrap();
+    assert_eq!(door.trigger, b.variants[0].trigger);
+    assert_eq!(door.trigger_updates.len(), 3);
+    for u in &door.trigger_updates {
+        assert!(u.steps <= 5, "{u:?}");
+        assert!(u.activation_after > u.activation_before, "the Adam steps should raise the units: {u:?}");
+    }
 }
 
 /// The notebook's miniature, with timings (run by hand: `cargo test --test attacks_distillation -- --ignored --nocapture`).
@@ -196,9 +222,19 @@ fn digits_miniature() {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let mut cfg = DistillationBackdoorConfig { trigger: Trigger::badnets(env("TRIG", 2)), ..Default::default() };
     cfg.poison_rate = env("RATE", 10) as f64 / 100.0;
-    cfg.trigger_steps = env("TSTEPS", 10);
-    cfg.trigger_lr = env("TLR", 10) as f64 / 100.0;
+    cfg.trigger_steps = env("TSTEPS", 1000);
+    cfg.trigger_lr = env("TLR", 20) as f64 / 1000.0;
     cfg.trigger_every = env("TEVERY", 1);
+    cfg.trigger_alpha = env("ALPHA", 10) as f64;
+    cfg.trigger_threshold = env("THRESH", 500) as f64 / 1000.0;
+    cfg.trigger_random_init = env("RINIT", 1) == 1;
+    cfg.seed = env("SEED", 0) as u64;
+    cfg.trigger_topk = env("TOPK", 1);
+    cfg.trigger_neuron = if env("NEURON", 1) == 1 {
+        transferlab::attacks::distillation::NeuronChoice::IncomingWeight
+    } else {
+        transferlab::attacks::distillation::NeuronChoice::TargetWeight
+    };
     cfg.distill.ipc = env("IPC", 5);
     cfg.distill.iterations = env("ITERS", 50);
     cfg.distill.outer_loop = env("OUTER", 5);
@@ -206,7 +242,7 @@ fn digits_miniature() {
     cfg.distill.batch_real = env("BREAL", 64);
     cfg.distill.width = env("WIDTH", 32);
     cfg.distill.depth = 2;
-    cfg.trigger_batch = 128;
+    cfg.trigger_batch = env("TBATCH", 0);
     cfg.evaluation = distillation::dc_evaluation(env("EPOCHS", 200));
     cfg.eval_models = env("MODELS", 2);
     if env("VARIANTS", 3) == 1 {

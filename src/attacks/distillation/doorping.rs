@@ -1,13 +1,13 @@
 //! DOORPING's trigger update (Liu et al. 2023): during the distillation, the trigger is
-//! re-optimised to drive one penultimate-layer neuron of the current network, and the
-//! poisoned raw images are re-stamped with it, so that the distilled images come to encode a
-//! trigger the network already reacts to.
+//! re-optimised to drive a penultimate-layer neuron (or a few) of the network just trained on
+//! the synthetic set, and the poisoned raw images are re-stamped with it, so that the distilled
+//! images come to encode a trigger the network already reacts to.
 
 use super::gradient_matching::{IterationHook, MatchNet};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::{permutation, stream_at};
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var};
 
 /// A patch trigger being optimised: its pixels (C x size x size) and where it goes.
 #[derive(Debug, Clone)]
@@ -43,17 +43,37 @@ impl PatchState {
     }
 }
 
-/// The DOORPING hook: before every `every`-th image update, choose the penultimate neuron with
-/// the largest weight into the target class's logit (among those the patch can move) and take `steps` signed-gradient ascent steps of size
-/// `lr` on the patch pixels to raise that neuron's mean activation over `batch` triggered
-/// clean training images; then re-stamp every poisoned image with the new patch.
+/// How DOORPING picks the neuron its trigger drives, among the penultimate-layer neurons the
+/// patch can move (at least half as much as the most sensitive one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeuronChoice {
+    /// The largest weight into the target class's logit.
+    TargetWeight,
+    /// The largest L1 norm of incoming weights (Liu et al.'s code, after TrojanNN); for our
+    /// convolutional features, the norm of the channel's filter in the last block.
+    IncomingWeight,
+}
+
+/// The DOORPING hook. At every `every`-th update opportunity (after the network's inner-loop
+/// training on the synthetic set, i.e. before every image update but the first of each
+/// iteration, as in Liu et al.'s code), choose a neuron and move the patch pixels by Adam so
+/// that the neuron's activation approaches `alpha` times its value at the start of the
+/// update, stopping once the squared error is below `threshold` or after `steps` steps; then
+/// re-stamp every poisoned image with the new patch.
 pub struct Doorping {
     pub patch: PatchState,
     pub target: u32,
     pub every: usize,
     pub steps: usize,
     pub lr: f64,
+    pub alpha: f64,
+    pub threshold: f64,
+    /// Clean images the patch is stamped on while it is optimised; 0: the patch alone on a
+    /// black image (Liu et al.).
     pub batch: usize,
+    pub neuron: NeuronChoice,
+    /// How many neurons (the best-scoring ones) are driven together; Liu et al.: 1.
+    pub topk: usize,
     pub seed: u64,
     /// Clean copies of the poisoned images (same order as `poisoned`).
     pub originals: Vec<Vec<f32>>,
@@ -61,6 +81,8 @@ pub struct Doorping {
     pub poisoned: Vec<usize>,
     /// Clean (unpoisoned) images the trigger is optimised on.
     pub clean_pool: Vec<usize>,
+    /// Update opportunities seen so far.
+    pub opportunities: usize,
     /// Updates made, and the chosen neuron and its mean activation before/after each.
     pub log: Vec<TriggerUpdate>,
 }
@@ -70,9 +92,12 @@ pub struct Doorping {
 pub struct TriggerUpdate {
     /// The image update (counted from 0 over the whole distillation) it preceded.
     pub step: usize,
+    /// The best-scoring neuron driven (the first of `topk`).
     pub neuron: usize,
     pub activation_before: f64,
     pub activation_after: f64,
+    /// Optimisation steps taken (fewer than the maximum when the target was reached).
+    pub steps: usize,
 }
 
 impl Doorping {
@@ -83,43 +108,72 @@ impl Doorping {
         let (c, h, w) = shape;
         let head: Vec<Vec<f32>> = net.head_weight().as_tensor().to_vec2()?;
         let row = head.get(self.target as usize).ok_or_else(|| Error::invalid("target class", "outside the network's classes"))?;
-        if self.clean_pool.is_empty() {
-            return Err(Error::invalid("DOORPING", "no clean image to optimise the trigger on"));
-        }
-        let order = permutation(&mut stream_at(self.seed, "doorping.batch", step as u64), self.clean_pool.len());
-        let idx: Vec<usize> = order[..self.batch.min(order.len())].iter().map(|&j| self.clean_pool[j]).collect();
-        let (x, _) = real.batch(&idx, &dev)?;
         let mask = self.patch.mask(shape)?;
-        let keep = (1.0 - &mask)?;
-        let x_kept = x.broadcast_mul(&keep)?;
+        let x_kept = if self.batch == 0 {
+            Tensor::zeros((1, c, h, w), candle_core::DType::F32, &dev)?
+        } else {
+            if self.clean_pool.is_empty() {
+                return Err(Error::invalid("DOORPING", "no clean image to optimise the trigger on"));
+            }
+            let order = permutation(&mut stream_at(self.seed, "doorping.batch", step as u64), self.clean_pool.len());
+            let idx: Vec<usize> = order[..self.batch.min(order.len())].iter().map(|&j| self.clean_pool[j]).collect();
+            let (x, _) = real.batch(&idx, &dev)?;
+            x.broadcast_mul(&(1.0 - &mask)?)?
+        };
         // Only neurons whose receptive field covers the patch can be driven by it (the last
-        // layer keeps a spatial grid); among those the patch moves at least half as much as
-        // the most sensitive one, take the one with the largest weight into the target logit.
+        // layer keeps a spatial grid).
         let white = net.features(&x_kept.broadcast_add(&mask)?)?;
         let black = net.features(&x_kept)?;
         let sensitivity: Vec<f32> = (white - black)?.abs()?.mean(0)?.to_vec1()?;
         let most = sensitivity.iter().copied().fold(0f32, f32::max);
-        let neuron = row
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| sensitivity[*j] >= 0.5 * most)
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(j, _)| j)
-            .unwrap_or(0);
+        let score: Vec<f32> = match self.neuron {
+            NeuronChoice::TargetWeight => row.clone(),
+            NeuronChoice::IncomingWeight => {
+                // Features are flattened channel-last: neuron j belongs to channel j % width.
+                let last = net.last_conv_weight().ok_or_else(|| Error::invalid("ConvNet depth", "0; DOORPING needs at least one block"))?;
+                let filters: Vec<Vec<f32>> = last.as_tensor().to_vec2()?;
+                let l1: Vec<f32> = filters.iter().map(|f| f.iter().map(|v| v.abs()).sum()).collect();
+                (0..sensitivity.len()).map(|j| l1[j % l1.len()]).collect()
+            }
+        };
+        let mut candidates: Vec<usize> = (0..sensitivity.len()).filter(|&j| sensitivity[j] >= 0.5 * most).collect();
+        candidates.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+        candidates.truncate(self.topk.max(1));
+        let neuron = candidates.first().copied().unwrap_or(0);
+        let ids = Tensor::from_vec(candidates.iter().map(|&j| j as u32).collect::<Vec<_>>(), candidates.len(), &dev)?;
         let mut full = vec![0f32; c * h * w];
         self.patch.stamp(&mut full, shape);
         let t = Var::from_tensor(&Tensor::from_vec(full, (1, c, h, w), &dev)?)?;
         let activation = |t: &Tensor| -> candle_core::Result<Tensor> {
             let xt = x_kept.broadcast_add(&t.broadcast_mul(&mask)?)?;
-            net.features(&xt)?.narrow(D::Minus1, neuron, 1)?.mean_all()
+            net.features(&xt)?.index_select(&ids, 1)?.mean_all()
         };
         let before = activation(t.as_tensor())?.to_scalar::<f32>()? as f64;
-        for _ in 0..self.steps {
+        // A neuron at exactly zero would make the target zero too; aim a little above it.
+        let goal = self.alpha * before.max(1e-3);
+        let (b1, b2, eps) = (0.9, 0.99, 1e-8);
+        let mut m = t.as_tensor().zeros_like()?;
+        let mut v = t.as_tensor().zeros_like()?;
+        let mut taken = 0;
+        for i in 0..self.steps {
             let a = activation(t.as_tensor())?;
-            let g = a.backward()?.get(t.as_tensor()).map(|g| g.detach()).ok_or_else(|| Error::invalid("DOORPING", "no gradient reached the trigger"))?;
-            // Signed steps: the activation's scale changes with every network, the step should not.
-            let next = (t.as_tensor() + (g.sign()?.broadcast_mul(&mask)? * self.lr)?)?.clamp(0f32, 1f32)?.detach();
+            let loss = (a - goal)?.sqr()?;
+            if (loss.to_scalar::<f32>()? as f64) < self.threshold {
+                break;
+            }
+            let g = loss.backward()?.get(t.as_tensor()).map(|g| g.detach()).ok_or_else(|| Error::invalid("DOORPING", "no gradient reached the trigger"))?;
+            let g = g.broadcast_mul(&mask)?;
+            m = ((m * b1)? + (&g * (1.0 - b1))?)?;
+            v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let k = (i + 1) as i32;
+            let m_hat = (&m / (1.0 - b1.powi(k)))?;
+            let v_hat = (&v / (1.0 - b2.powi(k)))?;
+            let step_t = (m_hat / (v_hat.sqrt()? + eps)?)?;
+            // Pixels stay in [0, 1]: the trigger must remain part of an image (Liu et al. leave
+            // it unbounded in normalised units).
+            let next = (t.as_tensor() - (step_t * self.lr)?)?.clamp(0f32, 1f32)?.detach();
             t.set(&next)?;
+            taken += 1;
         }
         let after = activation(t.as_tensor())?.to_scalar::<f32>()? as f64;
         let full: Vec<f32> = t.as_tensor().flatten_all()?.to_vec1()?;
@@ -131,7 +185,7 @@ impl Doorping {
                 }
             }
         }
-        Ok(TriggerUpdate { step, neuron, activation_before: before, activation_after: after })
+        Ok(TriggerUpdate { step, neuron, activation_before: before, activation_after: after, steps: taken })
     }
 
     /// Re-stamp every poisoned image with the current patch.
@@ -146,8 +200,15 @@ impl Doorping {
 }
 
 impl IterationHook for Doorping {
-    fn before_update(&mut self, step: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool> {
-        if step % self.every != 0 {
+    fn before_update(&mut self, step: usize, outer: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool> {
+        // Liu et al. update after the inner loop, against the network trained on the synthetic
+        // set; a freshly initialised network (the first update of an iteration) is skipped.
+        if outer == 0 {
+            return Ok(false);
+        }
+        let k = self.opportunities;
+        self.opportunities += 1;
+        if k % self.every != 0 {
             return Ok(false);
         }
         let update = self.optimise(step, net, real)?;

@@ -152,6 +152,11 @@ impl MatchNet {
         v
     }
 
+    /// The last block's convolution weight (width x 9 inputs per channel).
+    pub fn last_conv_weight(&self) -> Option<&Var> {
+        self.blocks.last().map(|b| &b[0])
+    }
+
     /// The classifier's weight (classes x features).
     pub fn head_weight(&self) -> &Var {
         &self.head_w
@@ -319,8 +324,10 @@ impl Default for DistillationConfig {
 /// What happens to the real data during the distillation (DOORPING re-optimises its trigger
 /// there). Called before every image update, with the network as trained so far.
 pub trait IterationHook: Send {
-    /// `step` counts image updates from 0. Returns `true` when the hook changed the real data.
-    fn before_update(&mut self, step: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool>;
+    /// `step` counts image updates from 0 over the whole distillation; `outer` is the update's
+    /// place within its iteration (0: the network is freshly initialised; above 0: it has just
+    /// been trained on the synthetic set). Returns `true` when the hook changed the real data.
+    fn before_update(&mut self, step: usize, outer: usize, net: &MatchNet, real: &mut Dataset) -> Result<bool>;
 }
 
 /// Distilled images with their labels, and the mean matching distance per iteration.
@@ -372,7 +379,7 @@ pub fn distill(mut real: Dataset, s: &DistillationConfig, seed: u64, progress_mo
         let matched = net.matched();
         let mut it_loss = 0.0;
         for ol in 0..s.outer_loop {
-            if hook.before_update(it * s.outer_loop + ol, &net, &mut real)? {
+            if hook.before_update(it * s.outer_loop + ol, ol, &net, &mut real)? {
                 by_class = real.indices_by_class();
             }
             let mut total: Option<Tensor> = None;
@@ -431,7 +438,7 @@ pub fn distill(mut real: Dataset, s: &DistillationConfig, seed: u64, progress_mo
 pub struct NoHook;
 
 impl IterationHook for NoHook {
-    fn before_update(&mut self, _: usize, _: &MatchNet, _: &mut Dataset) -> Result<bool> {
+    fn before_update(&mut self, _: usize, _: usize, _: &MatchNet, _: &mut Dataset) -> Result<bool> {
         Ok(false)
     }
 }
