@@ -1,6 +1,6 @@
 //! Feature priors and co-training on the colour-cue setting.
 
-use transferlab::analysis::feature_priors::{colour_cue_splits, run, ColourCueConfig, ColourCueSplits, FeaturePriorsConfig};
+use transferlab::analysis::feature_priors::{colour_cue_splits, run, ColourCueConfig, ColourCueSplits, Exchange, FeaturePriorsConfig};
 use transferlab::data::generate;
 use transferlab::models::{Arch, Norm};
 use transferlab::report::Outcome;
@@ -13,6 +13,7 @@ fn tiny_data() -> ColourCueSplits {
         labelled_per_class: 6,
         unlabelled_per_class: 12,
         test_per_class: 10,
+        unlabelled_cue_rate: 0.0,
         ..Default::default()
     })
     .unwrap()
@@ -30,6 +31,9 @@ fn tiny_config() -> FeaturePriorsConfig {
             progress: ProgressMode::Hidden,
             ..TrainConfig::default()
         },
+        era_train: None,
+        // "Pure" co-training: the test below checks who learns from whom.
+        exchange: Exchange::Crossed,
         eras: 2,
         fraction_per_era: 0.5,
         progress: ProgressMode::Hidden,
@@ -65,6 +69,50 @@ fn eras_exchange_pseudo_labels_and_runs_repeat() {
     let again = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
     // Debug text compares the NaN pseudo-label accuracies as equal.
     assert_eq!(format!("{r:?}"), format!("{again:?}"));
+}
+
+#[test]
+fn shared_exchange_gives_both_priors_one_set_and_repeats() {
+    let s = tiny_data();
+    let cfg = FeaturePriorsConfig { exchange: Exchange::Shared, eras: 1, ..tiny_config() };
+    let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    let (shape, texture) = (r.record("co-training", "shape", 1).unwrap(), r.record("co-training", "texture", 1).unwrap());
+    assert_eq!(shape.pseudo_labels, texture.pseudo_labels);
+    assert_eq!(shape.pseudo_label_accuracy.to_bits(), texture.pseudo_label_accuracy.to_bits());
+    // A quota of 6 distinct images per class, an image picked by both models counted twice.
+    assert!(shape.pseudo_labels > 0 && shape.pseudo_labels <= 36, "{shape:?}");
+    let again = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    assert_eq!(format!("{r:?}"), format!("{again:?}"));
+}
+
+#[test]
+fn coarser_textures_have_fewer_edges_and_solid_classes_do_not_change() {
+    // Class 0 is solid (nothing to scale), class 2 has vertical stripes: coarser stripes mean
+    // fewer light-dark steps along a row (the outline's steps are the same at both scales).
+    let data = |scale: f32| {
+        colour_cue_splits(&ColourCueConfig { num_classes: 3, size: 16, labelled_per_class: 20, unlabelled_per_class: 1, test_per_class: 1, noise: 0.0, texture_scale: scale, ..Default::default() })
+            .unwrap()
+            .labelled
+    };
+    let (fine, coarse) = (data(1.0), data(3.0));
+    assert_eq!(fine.image(0), coarse.image(0));
+    let row_variation = |ds: &transferlab::data::Dataset| {
+        let mut total = 0.0f32;
+        for i in 40..60 {
+            let img = ds.image(i);
+            for ch in 0..3 {
+                for y in 0..16 {
+                    for x in 0..15 {
+                        let p = ch * 256 + y * 16 + x;
+                        total += (img[p + 1] - img[p]).abs();
+                    }
+                }
+            }
+        }
+        total / 20.0
+    };
+    let (v_fine, v_coarse) = (row_variation(&fine), row_variation(&coarse));
+    assert!(v_coarse < 0.85 * v_fine, "variation along rows: fine {v_fine}, coarse {v_coarse}");
 }
 
 #[test]
@@ -112,6 +160,12 @@ fn bad_input_is_refused_with_a_reason() {
     assert!(e.to_string().contains("2 to 8"), "{e}");
     let e = colour_cue_splits(&ColourCueConfig { labelled_cue_rate: 1.2, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("labelled_cue_rate"), "{e}");
+    let e = colour_cue_splits(&ColourCueConfig { texture_scale: -1.0, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("texture_scale"), "{e}");
+    for sigma in [-0.5, f32::NAN] {
+        let e = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &FeaturePriorsConfig { edge_sigma: sigma, ..tiny_config() }).unwrap_err();
+        assert!(e.to_string().contains("edge_sigma"), "{e}");
+    }
 }
 
 fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
@@ -132,6 +186,9 @@ fn explore() {
         test_per_class: env("TEST", 100),
         labelled_cue_rate: env("LABRATE", 1.0),
         unlabelled_cue_rate: env("POOLRATE", 0.0),
+        texture_scale: env("TSCALE", 1.0),
+        noise: env("NOISE", 0.05),
+        seed: env("SEED", 0),
         ..Default::default()
     };
     let s = colour_cue_splits(&data).unwrap();
@@ -149,14 +206,30 @@ fn explore() {
             progress: ProgressMode::Hidden,
             ..TrainConfig::default()
         },
+        era_train: if env("ERA_EPOCHS", 0usize) > 0 {
+            let e: usize = env("ERA_EPOCHS", 0);
+            Some(TrainConfig {
+                epochs: e,
+                batch_size: env("BATCH", 32),
+                optimizer: if env("OPT", "sgd".to_string()) == "adam" { OptimizerConfig::adamw() } else { OptimizerConfig::sgd_momentum() },
+                schedule: LrSchedule::Cosine { lr: env("ERA_LR", lr), min_lr: 0.0, epochs: e as f64 },
+                progress: ProgressMode::Hidden,
+                ..TrainConfig::default()
+            })
+        } else {
+            None
+        },
+        continue_training: env("CONT", 1) == 1,
+        exchange: if env("EXCH", "shared".to_string()) == "shared" { Exchange::Shared } else { Exchange::Crossed },
+        edge_sigma: env("SIGMA", 0.0),
         eras: env("ERAS", 4),
         fraction_per_era: env("FRAC", 0.25),
-        progress: ProgressMode::Bar,
+        progress: ProgressMode::Hidden,
         ..Default::default()
     };
     let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
     let df = r.eras_dataframe().unwrap();
-    for row in &r.eras {
+    for row in r.eras.iter().filter(|r| env("ALL", 0) == 1 || r.era == 0 && r.scheme == "co-training" || r.era == cfg.eras) {
         println!("{} {:>13} {:>8} frac {:.2} test {:.3} flip {:.3} pseudo {} acc {:.3}", row.era, row.scheme, row.model, row.fraction, row.test_accuracy, row.flipped_accuracy, row.pseudo_labels, row.pseudo_label_accuracy);
     }
     let _ = df;

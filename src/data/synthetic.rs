@@ -124,7 +124,7 @@ const TEXTURES: [&str; 6] = ["solid", "hstripes", "vstripes", "checker", "dots",
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
-    generate_impl(cfg, None)
+    generate_impl(cfg, None, 1.0)
 }
 
 /// Like [`generate`], but sample `i` is painted in the colour of class `colour_class[i]`
@@ -132,7 +132,8 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
 /// wrong class (feature-prior and cue-conflict experiments). Shape and texture stay the
 /// class's. `attributes.group` gets [`GROUP_SPURIOUS`] on the samples whose colour is their
 /// own class's (replacing that bit's meaning; the subgroup bit is as in [`generate`]). Everything else, including the random
-/// draws of each sample, is as in [`generate`].
+/// draws of each sample, is as in [`generate`]. Shorthand for [`generate_styled`] with only
+/// `colour_class` set.
 ///
 /// ```
 /// use transferlab::data::{generate, generate_with_colours, SyntheticConfig};
@@ -145,20 +146,61 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn generate_with_colours(cfg: &SyntheticConfig, colour_class: &[u32]) -> Result<Dataset> {
-    let n = cfg.num_classes * cfg.samples_per_class;
-    if colour_class.len() != n {
-        return Err(Error::invalid(
-            "colour classes",
-            format!("{} given for {n} samples; give one class per sample (num_classes * samples_per_class)", colour_class.len()),
-        ));
-    }
-    if let Some(&c) = colour_class.iter().find(|&&c| c as usize >= cfg.num_classes) {
-        return Err(Error::invalid("colour classes", format!("class {c} is out of range for {} classes", cfg.num_classes)));
-    }
-    generate_impl(cfg, Some(colour_class))
+    generate_styled(cfg, &SyntheticStyle { colour_class: Some(colour_class.to_vec()), ..SyntheticStyle::default() })
 }
 
-fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>) -> Result<Dataset> {
+/// How [`generate_styled`] departs from [`generate`]'s look. The default departs in nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticStyle {
+    /// Paint sample `i` in the colour of class `colour_class[i]` (one entry per sample); see
+    /// [`generate_with_colours`].
+    pub colour_class: Option<Vec<u32>>,
+    /// Multiplies the period of the class textures (stripes, checks, dots), which is
+    /// otherwise about 0.18 of the image side (3 pixels at 16x16, too fine for a 3x3 patch
+    /// to read reliably). 2 makes them twice as coarse. Must be positive and finite.
+    pub texture_scale: f32,
+}
+
+impl Default for SyntheticStyle {
+    fn default() -> Self {
+        Self { colour_class: None, texture_scale: 1.0 }
+    }
+}
+
+/// [`generate`] with the departures of `style`: per-sample colours, coarser textures. With
+/// `SyntheticStyle::default()` it is exactly [`generate`].
+///
+/// ```
+/// use transferlab::data::{generate, generate_styled, SyntheticStyle, SyntheticConfig};
+/// let cfg = SyntheticConfig { num_classes: 3, samples_per_class: 2, size: 16, ..Default::default() };
+/// assert_eq!(generate_styled(&cfg, &SyntheticStyle::default())?.pixels(), generate(&cfg)?.pixels());
+/// let coarse = generate_styled(&cfg, &SyntheticStyle { texture_scale: 2.0, ..SyntheticStyle::default() })?;
+/// // Class 0 is solid (no texture to scale); class 1's stripes change.
+/// assert_eq!(coarse.image(0), generate(&cfg)?.image(0));
+/// assert_ne!(coarse.image(2), generate(&cfg)?.image(2));
+/// assert!(generate_styled(&cfg, &SyntheticStyle { texture_scale: 0.0, ..SyntheticStyle::default() }).is_err());
+/// # Ok::<(), transferlab::Error>(())
+/// ```
+pub fn generate_styled(cfg: &SyntheticConfig, style: &SyntheticStyle) -> Result<Dataset> {
+    if !(style.texture_scale.is_finite() && style.texture_scale > 0.0) {
+        return Err(Error::invalid("texture_scale", format!("{}; it must be positive and finite (1 = the usual texture, 2 = twice as coarse)", style.texture_scale)));
+    }
+    if let Some(colour_class) = &style.colour_class {
+        let n = cfg.num_classes * cfg.samples_per_class;
+        if colour_class.len() != n {
+            return Err(Error::invalid(
+                "colour classes",
+                format!("{} given for {n} samples; give one class per sample (num_classes * samples_per_class)", colour_class.len()),
+            ));
+        }
+        if let Some(&c) = colour_class.iter().find(|&&c| c as usize >= cfg.num_classes) {
+            return Err(Error::invalid("colour classes", format!("class {c} is out of range for {} classes", cfg.num_classes)));
+        }
+    }
+    generate_impl(cfg, style.colour_class.as_deref(), style.texture_scale)
+}
+
+fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>, texture_scale: f32) -> Result<Dataset> {
     validate(cfg)?;
     let (nc, spc, s) = (cfg.num_classes, cfg.samples_per_class, cfg.size);
     let n = nc * spc;
@@ -180,7 +222,7 @@ fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>) -> Result<
     pixels.par_chunks_mut(per).enumerate().for_each(|(i, img)| {
         let mut r = rng::stream_at(cfg.seed, "data/synthetic/sample", i as u64);
         let hue_class = colour_class.map_or(i / spc, |c| c[i] as usize);
-        render(img, s, i, i / spc, hue_class, groups[i], cfg, &mut r);
+        render(img, s, i, (i / spc, hue_class, texture_scale), groups[i], cfg, &mut r);
     });
     let labels = (0..n).map(|i| (i / spc) as u32).collect();
     let mut ds = Dataset::new(pixels, (3, s, s), labels, class_names(nc))?;
@@ -408,10 +450,12 @@ impl Params {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render(img: &mut [f32], s: usize, index: usize, class: usize, hue_class: usize, group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
+/// `look` is (class, class whose colour to paint, texture period multiplier).
+fn render(img: &mut [f32], s: usize, index: usize, look: (usize, usize, f32), group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
+    let (class, hue_class, texture_scale) = look;
     let p = Params::draw(r);
-    let Params { bg_level, bg_jitter, grad_angle, grad, hue_jitter, sat, val, freq, phase, .. } = p;
+    let Params { bg_level, bg_jitter, grad_angle, grad, hue_jitter, sat, val, phase, .. } = p;
+    let freq = p.freq / texture_scale;
     let shape = class % SHAPES.len();
     let mut texture = class % TEXTURES.len();
     let mut hue = class_hue(hue_class);
