@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use candle_core::{DType, Device, Tensor};
 use transferlab::data::Dataset;
-use transferlab::rng::{normal, stream};
+use transferlab::rng::{normal, stream, stream_at};
 
 /// A small learnable dataset: each class brightens a different horizontal band, plus noise.
 pub fn bands(n_per_class: usize, classes: usize, side: usize, seed: u64) -> Dataset {
@@ -21,4 +22,29 @@ pub fn bands(n_per_class: usize, classes: usize, side: usize, seed: u64) -> Data
         labels.push(y as u32);
     }
     Dataset::new(pixels, (1, side, side), labels, Dataset::numbered_classes(classes)).unwrap()
+}
+
+/// A standard-normal tensor from the named stream `stream` (each test file keeps its own
+/// stream, so its inputs do not change when another file's do).
+pub fn randn_in(stream: &str, shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = stream_at(seed, stream, shape.iter().product::<usize>() as u64);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| normal(&mut rng)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+}
+
+/// Element-wise relative tolerance 1e-4, each element's magnitude floored at the tensor's RMS
+/// so that values that are near zero by cancellation are judged on the tensor's own scale.
+pub fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (g, w) = (values(got), values(want));
+    let rms = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / w.len().max(1) as f64).sqrt() as f32;
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let tol = 1e-4 * b.abs().max(rms).max(1e-30);
+        assert!((a - b).abs() <= tol, "{what}: element {i}: got {a}, want {b} (tol {tol})");
+    }
 }

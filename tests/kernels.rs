@@ -3,29 +3,12 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use transferlab::kernels;
-use transferlab::rng::{normal, stream_at};
+
+mod common;
+use common::{assert_close, values};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = stream_at(seed, "tests.kernels", shape.iter().product::<usize>() as u64);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| normal(&mut rng)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
-}
-
-/// Element-wise relative tolerance 1e-4, each element's magnitude floored at the tensor's RMS
-/// so that values that are near zero by cancellation are judged on the tensor's own scale.
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (g, w) = (values(got), values(want));
-    let rms = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / w.len().max(1) as f64).sqrt() as f32;
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let tol = 1e-4 * b.abs().max(rms).max(1e-30);
-        assert!((a - b).abs() <= tol, "{what}: element {i}: got {a}, want {b} (tol {tol})");
-    }
+    common::randn_in("tests.kernels", shape, seed)
 }
 
 /// Gradients of `sum(f(inputs) * r)` for a fixed random `r`, so that every output position

@@ -2,32 +2,15 @@
 //! against candle's own ops (values and gradients, 1e-4 relative) and bit for bit against the
 //! separate kernels it replaces.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use transferlab::kernels::{self, ConvBn};
 use transferlab::models::layers::subsample2d;
-use transferlab::rng::{normal, stream_at};
+
+mod common;
+use common::{assert_close, values};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = stream_at(seed, "tests.kernels_conv_bn", shape.iter().product::<usize>() as u64);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| normal(&mut rng)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
-}
-
-/// Element-wise relative tolerance 1e-4, magnitudes floored at the tensor's RMS (values near
-/// zero by cancellation are judged on the tensor's own scale).
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (g, w) = (values(got), values(want));
-    let rms = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / w.len().max(1) as f64).sqrt() as f32;
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let tol = 1e-4 * b.abs().max(rms).max(1e-30);
-        assert!((a - b).abs() <= tol, "{what}: element {i}: got {a}, want {b} (tol {tol})");
-    }
+    common::randn_in("tests.kernels_conv_bn", shape, seed)
 }
 
 /// Output and gradients of `sum(f(inputs) * r)` for a fixed random `r`.
@@ -207,25 +190,16 @@ fn rejects_mismatched_shapes() {
     assert!(kernels::conv2d_batch_norm_train(&t[0], &t[1], &t[2], &t[3], None, ConvBn { stride: 0, ..spec }).is_err());
 }
 
-/// The block from the separate kernels: conv -> BN -> ReLU, conv -> BN -> + shortcut -> ReLU.
-fn block_separate(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
+/// The block built from single-layer steps (`layer`: the separate kernels or candle's ops):
+/// conv -> BN -> ReLU, conv -> BN -> + shortcut -> ReLU.
+fn block_from(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut, layer: fn(&[Tensor], ConvBn) -> Tensor) -> Tensor {
     let s1 = ConvBn { stride, padding: 1, eps: 1e-5, relu: true };
-    let h = separate(&t[..4], s1);
+    let h = layer(&t[..4], s1);
     let r = match shortcut {
         kernels::Shortcut::Identity => t[0].clone(),
         kernels::Shortcut::SubsamplePad(pad) => subsample2d(&t[0], 2).unwrap().pad_with_zeros(1, pad, pad).unwrap(),
     };
-    separate(&[h, t[4].clone(), t[5].clone(), t[6].clone(), r], ConvBn { stride: 1, ..s1 })
-}
-
-fn block_reference(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
-    let s1 = ConvBn { stride, padding: 1, eps: 1e-5, relu: true };
-    let h = reference(&t[..4], s1);
-    let r = match shortcut {
-        kernels::Shortcut::Identity => t[0].clone(),
-        kernels::Shortcut::SubsamplePad(pad) => subsample2d(&t[0], 2).unwrap().pad_with_zeros(1, pad, pad).unwrap(),
-    };
-    reference(&[h, t[4].clone(), t[5].clone(), t[6].clone(), r], ConvBn { stride: 1, ..s1 })
+    layer(&[h, t[4].clone(), t[5].clone(), t[6].clone(), r], ConvBn { stride: 1, ..s1 })
 }
 
 fn block_fused(t: &[Tensor], stride: usize, shortcut: kernels::Shortcut) -> Tensor {
@@ -261,8 +235,8 @@ fn basic_block_matches_candle_ops_and_the_separate_kernels_bit_for_bit() {
     for case in 0..block_cases().len() {
         let (t, stride, sc) = block_inputs(case);
         let (y1, g1) = grads_of(&t, &|t| block_fused(t, stride, sc), 11);
-        let (y2, g2) = grads_of(&t, &|t| block_reference(t, stride, sc), 11);
-        let (y3, g3) = grads_of(&t, &|t| block_separate(t, stride, sc), 11);
+        let (y2, g2) = grads_of(&t, &|t| block_from(t, stride, sc, reference), 11);
+        let (y3, g3) = grads_of(&t, &|t| block_from(t, stride, sc, separate), 11);
         assert_close(&y1, &y2, &format!("block {case}: value"));
         assert_eq!(values(&y1), values(&y3), "block {case}: value vs separate kernels");
         for (i, ((a, b), c)) in g1.iter().zip(&g2).zip(&g3).enumerate() {
