@@ -202,11 +202,31 @@ impl Outcome for BiasTransferResult {
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg: &BiasTransferConfig) -> Result<BiasTransferResult> {
+    let progress = Progress::new("bias transfer", 12, cfg.progress);
+    let (sources, source_accuracy, source_trigger_rate) = train_sources(source, target_train, target_test, cfg, &progress)?;
+    let debiased_target = debias(target_train, &cfg.trigger, cfg.debias_rate, cfg.seed)?;
+    let mut rows = Vec::new();
+    for (debiased, data) in [(false, target_train), (true, &debiased_target)] {
+        rows.extend(target_rows(&sources, data, debiased, target_test, cfg, &progress)?);
+    }
+    progress.finish();
+    Ok(BiasTransferResult { source_accuracy, source_trigger_rate, rows })
+}
+
+/// Check the inputs, train the clean and the biased source model, and measure them: the two
+/// sources, (clean, biased) source accuracy, and the biased source's trigger success rate.
+#[allow(clippy::type_complexity)]
+fn train_sources(
+    source: &Dataset,
+    target_train: &Dataset,
+    target_test: &Dataset,
+    cfg: &BiasTransferConfig,
+    progress: &Progress,
+) -> Result<(Vec<(&'static str, Network)>, (f64, f64), f64)> {
     cfg.validate(source, target_train)?;
     if target_test.shape != target_train.shape || target_test.num_classes() != target_train.num_classes() {
         return Err(Error::invalid("target test set", "it must have the target training set's image shape and classes"));
     }
-    let device = Device::Cpu;
     let (source_train, source_test) = source.split(0.8, cfg.seed, true)?;
     let bias = PoisonConfig {
         trigger: cfg.trigger.clone(),
@@ -216,48 +236,49 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
         seed: cfg.seed,
     };
     let biased_source = poison(&source_train, &bias)?;
-    let debiased_target = debias(target_train, &cfg.trigger, cfg.debias_rate, cfg.seed)?;
-    let progress = Progress::new("bias transfer", 12, cfg.progress);
-
     let source_spec = ModelSpec::new(cfg.arch.clone(), source.shape, source.num_classes())?;
     let mut sources = Vec::new();
     for (name, data) in [("clean", &source_train), ("biased", &biased_source)] {
-        let mut net = Network::new(&source_spec, cfg.seed, &device)?;
+        let mut net = Network::new(&source_spec, cfg.seed, &Device::Cpu)?;
         train(&mut net, data, None, &TrainConfig { seed: cfg.seed, ..cfg.source_training.clone() })?;
         progress.inc(1);
         sources.push((name, net));
     }
     let clean_acc = crate::train::accuracy(&sources[0].1, &source_test)?;
     let biased_metrics = evaluate_backdoor(&sources[1].1, &source_test, &cfg.trigger, &bias.target, cfg.seed)?;
+    Ok((sources, (clean_acc, biased_metrics.clean_accuracy), biased_metrics.attack_success_rate))
+}
 
-    let k = target_train.num_classes();
-    let target_spec = ModelSpec::new(cfg.arch.clone(), target_train.shape, k)?;
+/// The target models trained on `data`: scratch, then fixed-feature and full fine-tuning from
+/// each of `sources`, each measured on `target_test`.
+fn target_rows(
+    sources: &[(&str, Network)],
+    data: &Dataset,
+    debiased: bool,
+    target_test: &Dataset,
+    cfg: &BiasTransferConfig,
+    progress: &Progress,
+) -> Result<Vec<BiasTransferRow>> {
+    let k = data.num_classes();
+    let target_spec = ModelSpec::new(cfg.arch.clone(), data.shape, k)?;
     let tcfg = TrainConfig { seed: cfg.seed.wrapping_add(1), ..cfg.target_training.clone() };
-    let mut rows = Vec::new();
-    for (debiased, data) in [(false, target_train), (true, &debiased_target)] {
-        let mut scratch = Network::new(&target_spec, cfg.seed.wrapping_add(2), &device)?;
-        train(&mut scratch, data, None, &tcfg)?;
-        progress.inc(1);
-        rows.push(measure(&scratch, target_test, &cfg.trigger, "none", "scratch", debiased, cfg.seed)?);
-        for (name, src) in &sources {
-            for mode in ["fixed-feature", "full fine-tuning"] {
-                let mut net = src.duplicate()?;
-                net.replace_head(k, cfg.seed.wrapping_add(3))?;
-                if mode == "fixed-feature" {
-                    net.freeze_body();
-                }
-                train(&mut net, data, None, &tcfg)?;
-                progress.inc(1);
-                rows.push(measure(&net, target_test, &cfg.trigger, name, mode, debiased, cfg.seed)?);
+    let mut scratch = Network::new(&target_spec, cfg.seed.wrapping_add(2), &Device::Cpu)?;
+    train(&mut scratch, data, None, &tcfg)?;
+    progress.inc(1);
+    let mut rows = vec![measure(&scratch, target_test, &cfg.trigger, "none", "scratch", debiased, cfg.seed)?];
+    for (name, src) in sources {
+        for mode in ["fixed-feature", "full fine-tuning"] {
+            let mut net = src.duplicate()?;
+            net.replace_head(k, cfg.seed.wrapping_add(3))?;
+            if mode == "fixed-feature" {
+                net.freeze_body();
             }
+            train(&mut net, data, None, &tcfg)?;
+            progress.inc(1);
+            rows.push(measure(&net, target_test, &cfg.trigger, name, mode, debiased, cfg.seed)?);
         }
     }
-    progress.finish();
-    Ok(BiasTransferResult {
-        source_accuracy: (clean_acc, biased_metrics.clean_accuracy),
-        source_trigger_rate: biased_metrics.attack_success_rate,
-        rows,
-    })
+    Ok(rows)
 }
 
 /// The bias left at each strength of de-biasing: the study re-run with the trigger spread over
@@ -274,7 +295,6 @@ impl DebiasSweep {
     pub fn shifts(&self, condition: &str) -> Vec<(f64, f64)> {
         self.rows.iter().filter(|(_, r)| r.condition() == condition).map(|(rate, r)| (*rate, r.shift)).collect()
     }
-
 }
 
 /// The rows' conditions, each once, in order of first appearance.
@@ -333,15 +353,20 @@ pub fn debias_sweep(source: &Dataset, target_train: &Dataset, target_test: &Data
     if rates.is_empty() {
         return Err(Error::invalid("de-bias rates", "none given; give rates in [0, 1), e.g. [0.0, 0.05, 0.1]"));
     }
+    for &rate in rates {
+        BiasTransferConfig { debias_rate: rate, ..cfg.clone() }.validate(source, target_train)?;
+    }
+    // The sources do not depend on the rate: train them once, and only the biased one is
+    // transferred (the sweep keeps scratch and the biased source's rows).
+    let progress = Progress::new("de-biasing sweep", 2 + 3 * rates.len() as u64, cfg.progress);
+    let (sources, _, _) = train_sources(source, target_train, target_test, cfg, &progress)?;
+    let biased = &sources[1..];
     let mut rows = Vec::new();
     for &rate in rates {
-        let result = run(source, target_train, target_test, &BiasTransferConfig { debias_rate: rate, progress: ProgressMode::Hidden, ..cfg.clone() })?;
-        for (src, mode) in [("none", "scratch"), ("biased", "fixed-feature"), ("biased", "full fine-tuning")] {
-            if let Some(r) = result.row(src, mode, true) {
-                rows.push((rate, r.clone()));
-            }
-        }
+        let data = debias(target_train, &cfg.trigger, rate, cfg.seed)?;
+        rows.extend(target_rows(biased, &data, true, target_test, cfg, &progress)?.into_iter().map(|r| (rate, r)));
     }
+    progress.finish();
     Ok(DebiasSweep { rows })
 }
 
