@@ -213,6 +213,36 @@ fn doorping_target_units_on_clean_images_raise_their_activation() {
     }
 }
 
+fn patch_pixels(trigger: &Trigger) -> Vec<f32> {
+    match trigger {
+        Trigger::Patch { fill: transferlab::attacks::PatchFill::Image { pixels, .. }, .. } => pixels.clone(),
+        other => panic!("DOORPING's trigger should be an image patch, got {other:?}"),
+    }
+}
+
+#[test]
+fn unbounded_trigger_leaves_the_image_range_bounded_does_not_and_clean_models_are_the_control() {
+    let _serial = serial();
+    let data = digits().unwrap();
+    let cfg = DistillationBackdoorConfig { variants: vec![DistillVariant::Clean, DistillVariant::Doorping], trigger_lr: 0.3, trigger_steps: 5, ..tiny() };
+    assert!(!cfg.trigger_bounded, "Liu et al.'s trigger is unbounded");
+    let free = distillation::run(&data, &cfg).unwrap();
+    let px = patch_pixels(&free.get(DistillVariant::Doorping).unwrap().trigger);
+    assert!(px.iter().any(|v| !(0.0..=1.0).contains(v)), "an unbounded trigger should leave [0, 1]: {px:?}");
+    let bounded = distillation::run(&data, &DistillationBackdoorConfig { trigger_bounded: true, ..cfg.clone() }).unwrap();
+    let px = patch_pixels(&bounded.get(DistillVariant::Doorping).unwrap().trigger);
+    assert!(px.iter().all(|v| (0.0..=1.0).contains(v)), "{px:?}");
+    // The control is the clean distillation's own models, measured with DOORPING's trigger.
+    let control = free.clean_with_doorping_trigger.as_ref().expect("clean and DOORPING were both run");
+    let clean = free.get(DistillVariant::Clean).unwrap();
+    assert_eq!(control.trigger, free.get(DistillVariant::Doorping).unwrap().trigger);
+    assert_eq!(control.metrics.clean_accuracy, clean.metrics.clean_accuracy, "the same networks should give the same clean accuracy");
+    let df = transferlab::report::Outcome::to_dataframe(&free).unwrap();
+    assert_eq!(df.height(), 3);
+    let only = distillation::run(&data, &DistillationBackdoorConfig { variants: vec![DistillVariant::Doorping], ..cfg }).unwrap();
+    assert!(only.clean_with_doorping_trigger.is_none());
+}
+
 /// The notebook's miniature, with timings (run by hand: `cargo test --test attacks_distillation -- --ignored --nocapture`).
 #[test]
 #[ignore]
@@ -228,6 +258,7 @@ fn digits_miniature() {
     cfg.trigger_alpha = env("ALPHA", 10) as f64;
     cfg.trigger_threshold = env("THRESH", 500) as f64 / 1000.0;
     cfg.trigger_random_init = env("RINIT", 1) == 1;
+    cfg.trigger_bounded = env("BOUNDED", 0) == 1;
     cfg.seed = env("SEED", 0) as u64;
     cfg.trigger_topk = env("TOPK", 1);
     cfg.trigger_neuron = if env("NEURON", 1) == 1 {
@@ -258,6 +289,47 @@ fn digits_miniature() {
         println!("{:?}: loss first {:?} last {:?}; updates {:?}", v.variant, v.matching_loss.first(), v.matching_loss.last(), v.trigger_updates.last());
     }
     println!("took {:?}", t.elapsed());
+    if let Some(d) = r.get(transferlab::attacks::DistillVariant::Doorping) {
+        if let transferlab::attacks::Trigger::Patch { fill: transferlab::attacks::PatchFill::Image { pixels, .. }, .. } = &d.trigger {
+            println!("DOORPING patch pixels: {:?}", pixels);
+        }
+        if std::env::var("CLIPPED").is_ok() {
+            let (test, _) = data.split(cfg.test_fraction, cfg.seed, true).unwrap();
+            let clipped = match &d.trigger {
+                transferlab::attacks::Trigger::Patch { size, fill: transferlab::attacks::PatchFill::Image { channels, pixels }, placement } => transferlab::attacks::Trigger::Patch {
+                    size: *size,
+                    fill: transferlab::attacks::PatchFill::Image { channels: *channels, pixels: pixels.iter().map(|p| p.clamp(0.0, 1.0)).collect() },
+                    placement: *placement,
+                },
+                other => other.clone(),
+            };
+            let m = distillation::evaluate_distilled(&d.distilled, &test, &clipped, &cfg).unwrap();
+            println!("DOORPING's models with its trigger clipped to [0, 1]: {:?}", m.iter().map(|m| (m.clean_accuracy, m.attack_success_rate)).collect::<Vec<_>>());
+        }
+        if std::env::var("CONTROL").is_ok() {
+            let (test, train_set) = data.split(cfg.test_fraction, cfg.seed, true).unwrap();
+            let mut c = cfg.clone();
+            c.variants = vec![transferlab::attacks::DistillVariant::Clean];
+            let clean = distillation::run(&data, &c).unwrap();
+            let _ = train_set;
+            let m = distillation::evaluate_distilled(&clean.variants[0].distilled, &test, &d.trigger, &cfg).unwrap();
+            println!("clean distillation with DOORPING's trigger: {:?}", m.iter().map(|m| (m.clean_accuracy, m.attack_success_rate)).collect::<Vec<_>>());
+            let mean = |pixels: &[f32]| pixels.iter().sum::<f32>() / pixels.len() as f32;
+            if let transferlab::attacks::Trigger::Patch { size, fill: transferlab::attacks::PatchFill::Image { channels, pixels }, placement } = &d.trigger {
+                let mut fills = vec![("DOORPING's final patch".to_string(), pixels.clone()), ("constant patch of its mean".to_string(), vec![mean(pixels); pixels.len()])];
+                if let Ok(amps) = std::env::var("AMPS") {
+                    fills = amps.split(',').map(|a| (format!("constant patch {a}"), vec![a.parse::<f32>().unwrap(); pixels.len()])).collect();
+                }
+                for (name, fixed) in fills {
+                    let mut c = cfg.clone();
+                    c.variants = vec![transferlab::attacks::DistillVariant::Naive];
+                    c.trigger = transferlab::attacks::Trigger::Patch { size: *size, fill: transferlab::attacks::PatchFill::Image { channels: *channels, pixels: fixed }, placement: *placement };
+                    let n = distillation::run(&data, &c).unwrap();
+                    println!("NAIVE with {name}: CA {:.3} ASR {:.3}", n.variants[0].metrics.clean_accuracy, n.variants[0].metrics.attack_success_rate);
+                }
+            }
+        }
+    }
 }
 
 /// Timings of the pieces of one matching step (run by hand with --ignored --nocapture).

@@ -74,6 +74,8 @@ pub struct Doorping {
     pub neuron: NeuronChoice,
     /// How many neurons (the best-scoring ones) are driven together; Liu et al.: 1.
     pub topk: usize,
+    /// Keep the patch pixels in [0, 1]; Liu et al. leave them unbounded.
+    pub bounded: bool,
     pub seed: u64,
     /// Clean copies of the poisoned images (same order as `poisoned`).
     pub originals: Vec<Vec<f32>>,
@@ -169,9 +171,8 @@ impl Doorping {
             let m_hat = (&m / (1.0 - b1.powi(k)))?;
             let v_hat = (&v / (1.0 - b2.powi(k)))?;
             let step_t = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            // Pixels stay in [0, 1]: the trigger must remain part of an image (Liu et al. leave
-            // it unbounded in normalised units).
-            let next = (t.as_tensor() - (step_t * self.lr)?)?.clamp(0f32, 1f32)?.detach();
+            let next = (t.as_tensor() - (step_t * self.lr)?)?;
+            let next = if self.bounded { next.clamp(0f32, 1f32)? } else { next }.detach();
             t.set(&next)?;
             taken += 1;
         }
