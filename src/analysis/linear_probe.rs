@@ -349,9 +349,12 @@ pub struct PretrainedSource {
 pub const HUB_SOURCES: [(&str, f64); 3] =
     [("timm/resnet18.tv_in1k", 0.69758), ("timm/resnet50.tv_in1k", 0.76130), ("timm/resnet50.tv2_in1k", 0.80858)];
 
-/// Whether `hub` answers for every model of [`HUB_SOURCES`] (or has them cached).
+/// Whether `hub` answers (or has the cache) for every model of [`HUB_SOURCES`] and for
+/// CIFAR-10, the target they are probed on in notebook 18.
 pub fn hub_sources_available(hub: &crate::hub::Hub) -> bool {
-    HUB_SOURCES.iter().all(|(id, _)| hub.info(&crate::hub::Repo::model(*id)).is_ok())
+    use crate::hub::Repo;
+    let models = HUB_SOURCES.iter().map(|(id, _)| Repo::model(*id));
+    hub.answers(&models.chain([Repo::dataset(crate::analysis::zero_shot::CIFAR10)]).collect::<Vec<_>>())
 }
 
 /// Download (or read from the cache) and load every model of [`HUB_SOURCES`] from `hub`.

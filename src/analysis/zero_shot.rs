@@ -296,7 +296,7 @@ pub const CIFAR10: &str = "uoft-cs/cifar10";
 /// cached from an earlier run). False offline with nothing cached, or without network.
 pub fn real_clip_available(hub: &crate::hub::Hub) -> bool {
     use crate::hub::Repo;
-    hub.info(&Repo::model(OPENAI_CLIP)).is_ok() && hub.info(&Repo::dataset(CIFAR10)).is_ok()
+    hub.answers(&[Repo::model(OPENAI_CLIP), Repo::dataset(CIFAR10)])
 }
 
 /// The first `n_train` CIFAR-10 training and `n_test` test images (the splits are shuffled

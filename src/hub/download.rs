@@ -284,6 +284,23 @@ impl Hub {
         fs::rename(part, blob).map_err(|e| Error::io("move into the cache", blob, e))
     }
 
+    /// Whether every one of `repos` can be described (its listing is cached or the hub
+    /// answers for it): the check a notebook makes before it takes its hub branch.
+    ///
+    /// ```
+    /// use transferlab::hub::{Hub, HubConfig, LoopbackHub, Repo};
+    /// let server = LoopbackHub::start()?;
+    /// server.add_model_file("org/tiny", "config.json", b"{}".to_vec());
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let hub = Hub::new(HubConfig::new(&server.endpoint(), dir.path()));
+    /// assert!(hub.answers(&[Repo::model("org/tiny")]));
+    /// assert!(!hub.answers(&[Repo::model("org/tiny"), Repo::dataset("org/missing")]));
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn answers(&self, repos: &[Repo]) -> bool {
+        repos.iter().all(|repo| self.info(repo).is_ok())
+    }
+
     /// Commit and file list of `repo` at its revision. Offline-first: a listing saved by an
     /// earlier call (in the repository's `.tlab/`) is used without network access; offline
     /// with none saved, the cached snapshot's files are listed.
