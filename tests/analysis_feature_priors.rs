@@ -249,8 +249,8 @@ fn explore() {
         unlabelled_cue_rate: env("POOLRATE", 0.0),
         texture_scale: env("TSCALE", 1.0),
         // PIXMAX=0: the generator's scaled textures.
-        pixel_textures: if env("PIXMAX", 0.6f32) > 0.0 {
-            Some(transferlab::data::PixelTextures { min_contrast: env("PIXMIN", 0.3), max_contrast: env("PIXMAX", 0.6), background: env("PIXBG", 1) == 1 })
+        pixel_textures: if env("PIXMAX", 0.5f32) > 0.0 {
+            Some(transferlab::data::PixelTextures { min_contrast: env("PIXMIN", 0.2), max_contrast: env("PIXMAX", 0.5), background: env("PIXBG", 1) == 1 })
         } else {
             None
         },
