@@ -313,6 +313,10 @@ fn explore() {
         ..Default::default()
     };
     let r = run(&s.labelled, &s.unlabelled, &s.test, &s.flipped, &cfg).unwrap();
+    if let Ok(path) = std::env::var("FIG") {
+        r.figure().unwrap().save(format!("{path}_eras.png")).unwrap();
+        r.summary_figure().unwrap().save(format!("{path}_summary.png")).unwrap();
+    }
     let df = r.eras_dataframe().unwrap();
     for row in r.eras.iter().filter(|r| env("ALL", 0) == 1 || r.era == 0 && r.scheme == "co-training" || r.era == cfg.eras) {
         println!("{} {:>13} {:>8} frac {:.2} test {:.3} flip {:.3} pseudo {} acc {:.3}", row.era, row.scheme, row.model, row.fraction, row.test_accuracy, row.flipped_accuracy, row.pseudo_labels, row.pseudo_label_accuracy);

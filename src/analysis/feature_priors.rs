@@ -514,7 +514,8 @@ impl Outcome for FeaturePriorsResult {
             let points = rows.iter().map(|r| (r.era as f64, 100.0 * if flipped { r.flipped_accuracy } else { r.test_accuracy })).collect();
             chart = chart.series(&label, points);
         }
-        Ok(Figure::new(Chart::Lines(chart)))
+        // Taller than the default, so that the eight-line legend fits below the lines.
+        Ok(Figure::new(Chart::Lines(chart)).with_size(800, 640))
     }
 }
 
