@@ -43,4 +43,5 @@ pub use synthetic::{
 pub use synthetic::{foreground_mask, object_box};
 pub use synthetic::generate_with_colours;
 pub use synthetic::{generate_styled, SyntheticStyle};
+pub use synthetic::PixelTextures;
 pub use transforms::{normalise, place_on_canvas, resize, resize_image, to_grayscale, to_rgb, Augment};

@@ -124,7 +124,7 @@ const TEXTURES: [&str; 6] = ["solid", "hstripes", "vstripes", "checker", "dots",
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn generate(cfg: &SyntheticConfig) -> Result<Dataset> {
-    generate_impl(cfg, None, 1.0)
+    generate_impl(cfg, None, 1.0, None)
 }
 
 /// Like [`generate`], but sample `i` is painted in the colour of class `colour_class[i]`
@@ -159,12 +159,37 @@ pub struct SyntheticStyle {
     /// otherwise about 0.18 of the image side (3 pixels at 16x16, too fine for a 3x3 patch
     /// to read reliably). 2 makes them twice as coarse. Must be positive and finite.
     pub texture_scale: f32,
+    /// Draw the class textures on the pixel grid instead (see [`PixelTextures`]); `None`:
+    /// the usual scaled, rotated textures. Overrides `texture_scale`.
+    pub pixel_textures: Option<PixelTextures>,
 }
 
 impl Default for SyntheticStyle {
     fn default() -> Self {
-        Self { colour_class: None, texture_scale: 1.0 }
+        Self { colour_class: None, texture_scale: 1.0, pixel_textures: None }
     }
+}
+
+/// Class textures a 3x3 patch can read: a grey pattern of period 2 on the pixel grid (not
+/// rotated or scaled with the object), at a random phase, so every 2x2 cell shows the class's
+/// pattern: solid (none), horizontal stripes, vertical stripes, checks, dots (one pixel of
+/// four lit) and, for the sixth texture ("diagonal" in the class names: no diagonal pattern
+/// has period 2), a grid (three of four lit). The pattern is *added* to the image with zero
+/// mean (lit pixels brighter, unlit darker, by a lit-unlit difference, the contrast, drawn
+/// per sample uniformly from `[min_contrast, max_contrast]`, so low-contrast samples drown in
+/// the pixel noise), and it has period 2, so the central differences of a Sobel filter cancel
+/// on it: the Sobel edges of a textured image are those of the untextured one (up to clamping
+/// to [0, 1]), the outline without the texture.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelTextures {
+    /// Lowest per-sample contrast, in [0, 1].
+    pub min_contrast: f32,
+    /// Highest per-sample contrast, in [`min_contrast`](Self::min_contrast), 1].
+    pub max_contrast: f32,
+    /// Texture the background too, as a texture grain covering the whole scene: every patch
+    /// then carries it, not only the object's (the ring's band and the cross's arms are about
+    /// two pixels wide at 16x16). `false`: only the object (its coverage weights the pattern).
+    pub background: bool,
 }
 
 /// [`generate`] with the departures of `style`: per-sample colours, coarser textures. With
@@ -182,6 +207,14 @@ impl Default for SyntheticStyle {
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn generate_styled(cfg: &SyntheticConfig, style: &SyntheticStyle) -> Result<Dataset> {
+    if let Some(t) = style.pixel_textures {
+        if !((0.0..=1.0).contains(&t.min_contrast) && (t.min_contrast..=1.0).contains(&t.max_contrast)) {
+            return Err(Error::invalid(
+                "pixel texture contrast",
+                format!("[{}, {}]; it must satisfy 0 <= min_contrast <= max_contrast <= 1", t.min_contrast, t.max_contrast),
+            ));
+        }
+    }
     if !(style.texture_scale.is_finite() && style.texture_scale > 0.0) {
         return Err(Error::invalid("texture_scale", format!("{}; it must be positive and finite (1 = the usual texture, 2 = twice as coarse)", style.texture_scale)));
     }
@@ -197,10 +230,10 @@ pub fn generate_styled(cfg: &SyntheticConfig, style: &SyntheticStyle) -> Result<
             return Err(Error::invalid("colour classes", format!("class {c} is out of range for {} classes", cfg.num_classes)));
         }
     }
-    generate_impl(cfg, style.colour_class.as_deref(), style.texture_scale)
+    generate_impl(cfg, style.colour_class.as_deref(), style.texture_scale, style.pixel_textures)
 }
 
-fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>, texture_scale: f32) -> Result<Dataset> {
+fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>, texture_scale: f32, pixel: Option<PixelTextures>) -> Result<Dataset> {
     validate(cfg)?;
     let (nc, spc, s) = (cfg.num_classes, cfg.samples_per_class, cfg.size);
     let n = nc * spc;
@@ -222,7 +255,13 @@ fn generate_impl(cfg: &SyntheticConfig, colour_class: Option<&[u32]>, texture_sc
     pixels.par_chunks_mut(per).enumerate().for_each(|(i, img)| {
         let mut r = rng::stream_at(cfg.seed, "data/synthetic/sample", i as u64);
         let hue_class = colour_class.map_or(i / spc, |c| c[i] as usize);
-        render(img, s, i, (i / spc, hue_class, texture_scale), groups[i], cfg, &mut r);
+        // Its own stream, so that the other draws are those of `generate`.
+        let pixel = pixel.map(|t| {
+            let mut r = rng::stream_at(cfg.seed, "data/synthetic/pixel_texture", i as u64);
+            let contrast = t.min_contrast + (t.max_contrast - t.min_contrast) * r.random::<f32>();
+            (contrast, r.random_range(0..2usize), r.random_range(0..2usize), t.background)
+        });
+        render(img, s, i, (i / spc, hue_class, texture_scale, pixel), groups[i], cfg, &mut r);
     });
     let labels = (0..n).map(|i| (i / spc) as u32).collect();
     let mut ds = Dataset::new(pixels, (3, s, s), labels, class_names(nc))?;
@@ -450,9 +489,31 @@ impl Params {
     }
 }
 
-/// `look` is (class, class whose colour to paint, texture period multiplier).
-fn render(img: &mut [f32], s: usize, index: usize, look: (usize, usize, f32), group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
-    let (class, hue_class, texture_scale) = look;
+/// Pixel texture `k` (see [`PixelTextures`]) of unit contrast at pixel (x, y), phase
+/// (px, py): `1 - f` where lit and `-f` where not, `f` being the lit share (zero mean).
+fn pixel_texture(k: usize, x: usize, y: usize, px: usize, py: usize) -> f32 {
+    let (ex, ey) = ((x + px) % 2 == 0, (y + py) % 2 == 0);
+    let (lit, f) = match k {
+        0 => return 0.0,
+        1 => (ey, 0.5),
+        2 => (ex, 0.5),
+        3 => (ex == ey, 0.5),
+        4 => (ex && ey, 0.25),
+        _ => (ex || ey, 0.75),
+    };
+    if lit {
+        1.0 - f
+    } else {
+        -f
+    }
+}
+
+/// A pixel texture's contrast, phase, and whether it covers the background.
+type PixelLook = Option<(f32, usize, usize, bool)>;
+
+/// `look` is (class, class whose colour to paint, texture period multiplier, pixel texture).
+fn render(img: &mut [f32], s: usize, index: usize, look: (usize, usize, f32, PixelLook), group: u32, cfg: &SyntheticConfig, r: &mut SeededRng) {
+    let (class, hue_class, texture_scale, pixel) = look;
     let p = Params::draw(r);
     let Params { bg_level, bg_jitter, grad_angle, grad, hue_jitter, sat, val, phase, .. } = p;
     let freq = p.freq / texture_scale;
@@ -483,13 +544,19 @@ fn render(img: &mut [f32], s: usize, index: usize, look: (usize, usize, f32), gr
             let (nx, ny) = ((x as f32 + 0.5) / sf, (y as f32 + 0.5) / sf);
             let (lx, ly) = p.local(x, y, s);
             let cover = p.cover(shape, x, y, s);
-            let on = texture_on(texture, lx / p.radius, ly / p.radius, freq, phase);
-            let shade = if on { 1.0 } else { 0.45 };
+            let (shade, grain) = match pixel {
+                Some((contrast, px, py, background)) => {
+                    let t = contrast * pixel_texture(texture, x, y, px, py);
+                    (1.0, if background { t } else { t * cover })
+                }
+                None if texture_on(texture, lx / p.radius, ly / p.radius, freq, phase) => (1.0, 0.0),
+                None => (0.45, 0.0),
+            };
             let g = gx * (nx - 0.5) + gy * (ny - 0.5);
             let p = y * s + x;
             for ch in 0..3 {
                 let back = bg[ch] + g;
-                img[ch * plane + p] = back * (1.0 - cover) + fg[ch] * shade * cover;
+                img[ch * plane + p] = back * (1.0 - cover) + fg[ch] * shade * cover + grain;
             }
         }
     }
