@@ -494,8 +494,8 @@ impl Outcome for FeaturePriorsResult {
     }
 
     /// Accuracy (%) per era: test accuracy of both schemes' shape, texture and combined
-    /// models, and flipped-test accuracy of both combinations (eight lines, so every colour
-    /// of the palette is used once; every final number is in
+    /// models, and flipped-test accuracy of both combinations (eight lines, each in its own
+    /// colour; every final number is in
     /// [`FeaturePriorsResult::summary_figure`]).
     fn figure(&self) -> Result<Figure> {
         let mut chart = LineChart::new("Feature priors: accuracy per era", "era (0 = labelled only)", "accuracy (%)").y_range(0.0, 100.0);

@@ -70,7 +70,8 @@ impl DistillVariant {
 /// a NAIVEATTACK patch of constant value 1.5 reaches the same ASR on the same miniature.
 /// `trigger_bounded` keeps it a valid image patch. Because an out-of-range patch might fool
 /// any model, [`run`] also measures the clean distillation's models with DOORPING's trigger
-/// (`clean_with_doorping_trigger`). Deviation: Adam's step 0.02 is theirs (0.08) in
+/// (`clean_with_doorping_trigger`), and DOORPING's models with the trigger clipped to [0, 1]
+/// (`doorping_with_clipped_trigger`). Deviation: Adam's step 0.02 is theirs (0.08) in
 /// normalised units times a typical pixel standard deviation. Our ConvNet has no hidden
 /// fully connected layer (theirs has 192 units, the layer their neuron comes from), so the
 /// neuron is a unit of the last block's flattened output, chosen among those the patch can
@@ -257,6 +258,10 @@ pub struct DistillationBackdoorResult {
     /// clean distillation's evaluation models (the same networks) measured with DOORPING's
     /// final trigger. Present when both were run.
     pub clean_with_doorping_trigger: Option<VariantResult>,
+    /// DOORPING's own evaluation models measured with its trigger clipped to [0, 1]: what is
+    /// left for an attacker whose inputs are clipped to the image range. Present when DOORPING
+    /// was run.
+    pub doorping_with_clipped_trigger: Option<VariantResult>,
     pub ipc: usize,
     pub target: u32,
     pub poison_rate: f64,
@@ -268,6 +273,9 @@ impl DistillationBackdoorResult {
         let mut rows: Vec<(String, &VariantResult)> = self.variants.iter().map(|v| (v.variant.name().to_string(), v)).collect();
         if let Some(c) = &self.clean_with_doorping_trigger {
             rows.push(("clean distillation, DOORPING trigger".to_string(), c));
+        }
+        if let Some(c) = &self.doorping_with_clipped_trigger {
+            rows.push(("DOORPING, trigger clipped to [0, 1]".to_string(), c));
         }
         rows
     }
@@ -383,14 +391,38 @@ pub fn run(data: &Dataset, cfg: &DistillationBackdoorConfig) -> Result<Distillat
     // An unbounded trigger might fool any model; the clean distillation's models (retrained
     // from the same seeds, so the same networks) show whether DOORPING's does.
     let find = |v: DistillVariant| variants.iter().find(|r| r.variant == v);
+    let remeasure = |models: &VariantResult, trigger: Trigger| -> Result<VariantResult> {
+        let per_model = evaluate_distilled(&models.distilled, &test, &trigger, cfg)?;
+        Ok(VariantResult { metrics: mean_metrics(&per_model), per_model, trigger, ..models.clone() })
+    };
     let clean_with_doorping_trigger = match (find(DistillVariant::Clean), find(DistillVariant::Doorping)) {
-        (Some(clean), Some(doorping)) => {
-            let per_model = evaluate_distilled(&clean.distilled, &test, &doorping.trigger, cfg)?;
-            Some(VariantResult { metrics: mean_metrics(&per_model), per_model, trigger: doorping.trigger.clone(), ..clean.clone() })
-        }
+        (Some(clean), Some(doorping)) => Some(remeasure(clean, doorping.trigger.clone())?),
         _ => None,
     };
-    Ok(DistillationBackdoorResult { variants, clean_with_doorping_trigger, ipc: cfg.distill.ipc, target: cfg.target, poison_rate: cfg.poison_rate })
+    let doorping_with_clipped_trigger = match find(DistillVariant::Doorping) {
+        Some(doorping) => Some(remeasure(doorping, clipped(&doorping.trigger))?),
+        None => None,
+    };
+    Ok(DistillationBackdoorResult {
+        variants,
+        clean_with_doorping_trigger,
+        doorping_with_clipped_trigger,
+        ipc: cfg.distill.ipc,
+        target: cfg.target,
+        poison_rate: cfg.poison_rate,
+    })
+}
+
+/// `trigger` with its image pixels clipped to [0, 1] (other triggers are valid images already).
+fn clipped(trigger: &Trigger) -> Trigger {
+    match trigger {
+        Trigger::Patch { size, fill: PatchFill::Image { channels, pixels }, placement } => Trigger::Patch {
+            size: *size,
+            fill: PatchFill::Image { channels: *channels, pixels: pixels.iter().map(|p| p.clamp(0.0, 1.0)).collect() },
+            placement: *placement,
+        },
+        other => other.clone(),
+    }
 }
 
 /// The patch's top-left corner and pixels (channels of the image).
