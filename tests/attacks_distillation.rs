@@ -232,6 +232,7 @@ fn unbounded_trigger_leaves_the_image_range_bounded_does_not_and_the_controls_re
     let bounded = distillation::run(&data, &DistillationBackdoorConfig { trigger_bounded: true, ..cfg.clone() }).unwrap();
     let px = patch_pixels(&bounded.get(DistillVariant::Doorping).unwrap().trigger);
     assert!(px.iter().all(|v| (0.0..=1.0).contains(v)), "{px:?}");
+    assert!(bounded.doorping_with_clipped_trigger.is_none(), "a bounded trigger is its own clip");
     // The control is the clean distillation's own models, measured with DOORPING's trigger.
     let control = free.clean_with_doorping_trigger.as_ref().expect("clean and DOORPING were both run");
     let clean = free.get(DistillVariant::Clean).unwrap();
