@@ -95,49 +95,49 @@ fn inputs(case: usize, residual: bool) -> (Vec<Tensor>, ConvBn) {
     (t, ConvBn { stride: s, padding: p, eps: 1e-5, relu: true })
 }
 
-#[test]
-fn matches_candle_ops_in_values_and_gradients() {
+/// Every case of `CASES`, with and without a residual input and a ReLU: `f(inputs, spec, case,
+/// description)`.
+fn each_variant(prefix: &str, mut f: impl FnMut(Vec<Tensor>, ConvBn, usize, &str)) {
     for case in 0..CASES.len() {
         for residual in [false, true] {
             for relu in [true, false] {
                 let (t, mut spec) = inputs(case, residual);
                 spec.relu = relu;
-                let what = format!("case {case} residual {residual} relu {relu}");
-                let (y1, g1) = grads_of(&t, &move |t| fused(t, spec), case as u64);
-                let (y2, g2) = grads_of(&t, &move |t| reference(t, spec), case as u64);
-                assert_close(&y1, &y2, &format!("{what}: value"));
-                for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-                    assert_close(a.as_ref().expect("gradient"), b.as_ref().expect("gradient"), &format!("{what}: gradient {i}"));
-                }
+                f(t, spec, case, &format!("{prefix}case {case} residual {residual} relu {relu}"));
             }
         }
     }
 }
 
 #[test]
-fn is_bit_identical_to_the_separate_kernels() {
-    for case in 0..CASES.len() {
-        for residual in [false, true] {
-            for relu in [true, false] {
-                let (t, mut spec) = inputs(case, residual);
-                spec.relu = relu;
-                let what = format!("case {case} residual {residual} relu {relu}");
-                let (y1, g1) = grads_of(&t, &move |t| fused(t, spec), 7);
-                let (y2, g2) = grads_of(&t, &move |t| separate(t, spec), 7);
-                assert_eq!(values(&y1), values(&y2), "{what}: value");
-                for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-                    assert_eq!(values(a.as_ref().unwrap()), values(b.as_ref().unwrap()), "{what}: gradient {i}");
-                }
-                let (x, w, gamma, beta) = (&t[0], &t[1], &t[2], &t[3]);
-                let a = kernels::conv2d_batch_norm_train(x, w, gamma, beta, t.get(4), spec).unwrap();
-                let z = kernels::conv2d(x, w, None, spec.stride, spec.padding).unwrap();
-                let b = kernels::batch_norm_train(&z, gamma, beta, spec.eps).unwrap();
-                assert_eq!(values(&a.mean), values(&b.mean), "{what}: batch mean");
-                assert_eq!(values(&a.var), values(&b.var), "{what}: batch variance");
-                assert_eq!(a.count, b.count);
-            }
+fn matches_candle_ops_in_values_and_gradients() {
+    each_variant("", |t, spec, case, what| {
+        let (y1, g1) = grads_of(&t, &move |t| fused(t, spec), case as u64);
+        let (y2, g2) = grads_of(&t, &move |t| reference(t, spec), case as u64);
+        assert_close(&y1, &y2, &format!("{what}: value"));
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert_close(a.as_ref().expect("gradient"), b.as_ref().expect("gradient"), &format!("{what}: gradient {i}"));
         }
-    }
+    });
+}
+
+#[test]
+fn is_bit_identical_to_the_separate_kernels() {
+    each_variant("", |t, spec, _, what| {
+        let (y1, g1) = grads_of(&t, &move |t| fused(t, spec), 7);
+        let (y2, g2) = grads_of(&t, &move |t| separate(t, spec), 7);
+        assert_eq!(values(&y1), values(&y2), "{what}: value");
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert_eq!(values(a.as_ref().unwrap()), values(b.as_ref().unwrap()), "{what}: gradient {i}");
+        }
+        let (x, w, gamma, beta) = (&t[0], &t[1], &t[2], &t[3]);
+        let a = kernels::conv2d_batch_norm_train(x, w, gamma, beta, t.get(4), spec).unwrap();
+        let z = kernels::conv2d(x, w, None, spec.stride, spec.padding).unwrap();
+        let b = kernels::batch_norm_train(&z, gamma, beta, spec.eps).unwrap();
+        assert_eq!(values(&a.mean), values(&b.mean), "{what}: batch mean");
+        assert_eq!(values(&a.var), values(&b.var), "{what}: batch variance");
+        assert_eq!(a.count, b.count);
+    });
 }
 
 #[test]
@@ -293,48 +293,41 @@ fn basic_block_falls_back_and_rejects_bad_shapes() {
 
 #[test]
 fn conv2d_affine_matches_candle_ops_and_the_separate_kernels_bit_for_bit() {
-    for case in 0..CASES.len() {
-        for residual in [false, true] {
-            for relu in [true, false] {
-                let (t, mut spec) = inputs(case, residual);
-                spec.relu = relu;
-                let what = format!("affine case {case} residual {residual} relu {relu}");
-                let fused = move |t: &[Tensor]| kernels::conv2d_affine(&t[0], &t[1], &t[2], &t[3], t.get(4), spec).unwrap();
-                let separate = move |t: &[Tensor]| {
-                    let z = kernels::conv2d(&t[0], &t[1], None, spec.stride, spec.padding).unwrap();
-                    let y = kernels::channel_affine(&z, &t[2], &t[3]).unwrap();
-                    match (t.get(4), relu) {
-                        (None, false) => y,
-                        (None, true) => kernels::relu(&y).unwrap(),
-                        (Some(r), false) => (y + r).unwrap(),
-                        (Some(r), true) => kernels::add_relu(&y, r).unwrap(),
-                    }
-                };
-                let reference = move |t: &[Tensor]| {
-                    let c = t[2].dim(0).unwrap();
-                    let z = t[0].conv2d(&t[1], spec.padding, spec.stride, 1, 1).unwrap();
-                    let mut y = z.broadcast_mul(&t[2].reshape((1, c, 1, 1)).unwrap()).unwrap().broadcast_add(&t[3].reshape((1, c, 1, 1)).unwrap()).unwrap();
-                    if let Some(r) = t.get(4) {
-                        y = (y + r).unwrap();
-                    }
-                    if relu {
-                        y = y.relu().unwrap();
-                    }
-                    y
-                };
-                let (y1, g1) = grads_of(&t, &fused, 21);
-                let (y2, g2) = grads_of(&t, &separate, 21);
-                let (y3, g3) = grads_of(&t, &reference, 21);
-                assert_eq!(values(&y1), values(&y2), "{what}: value vs separate kernels");
-                assert_close(&y1, &y3, &format!("{what}: value"));
-                for (i, ((a, b), c)) in g1.iter().zip(&g2).zip(&g3).enumerate() {
-                    let a = a.as_ref().expect("gradient");
-                    assert_eq!(values(a), values(b.as_ref().unwrap()), "{what}: gradient {i} vs separate kernels");
-                    assert_close(a, c.as_ref().unwrap(), &format!("{what}: gradient {i}"));
-                }
+    each_variant("affine ", |t, spec, _, what| {
+        let fused = move |t: &[Tensor]| kernels::conv2d_affine(&t[0], &t[1], &t[2], &t[3], t.get(4), spec).unwrap();
+        let separate = move |t: &[Tensor]| {
+            let z = kernels::conv2d(&t[0], &t[1], None, spec.stride, spec.padding).unwrap();
+            let y = kernels::channel_affine(&z, &t[2], &t[3]).unwrap();
+            match (t.get(4), spec.relu) {
+                (None, false) => y,
+                (None, true) => kernels::relu(&y).unwrap(),
+                (Some(r), false) => (y + r).unwrap(),
+                (Some(r), true) => kernels::add_relu(&y, r).unwrap(),
             }
+        };
+        let reference = move |t: &[Tensor]| {
+            let c = t[2].dim(0).unwrap();
+            let z = t[0].conv2d(&t[1], spec.padding, spec.stride, 1, 1).unwrap();
+            let mut y = z.broadcast_mul(&t[2].reshape((1, c, 1, 1)).unwrap()).unwrap().broadcast_add(&t[3].reshape((1, c, 1, 1)).unwrap()).unwrap();
+            if let Some(r) = t.get(4) {
+                y = (y + r).unwrap();
+            }
+            if spec.relu {
+                y = y.relu().unwrap();
+            }
+            y
+        };
+        let (y1, g1) = grads_of(&t, &fused, 21);
+        let (y2, g2) = grads_of(&t, &separate, 21);
+        let (y3, g3) = grads_of(&t, &reference, 21);
+        assert_eq!(values(&y1), values(&y2), "{what}: value vs separate kernels");
+        assert_close(&y1, &y3, &format!("{what}: value"));
+        for (i, ((a, b), c)) in g1.iter().zip(&g2).zip(&g3).enumerate() {
+            let a = a.as_ref().expect("gradient");
+            assert_eq!(values(a), values(b.as_ref().unwrap()), "{what}: gradient {i} vs separate kernels");
+            assert_close(a, c.as_ref().unwrap(), &format!("{what}: gradient {i}"));
         }
-    }
+    });
     let (t, spec) = inputs(0, false);
     assert!(kernels::conv2d_affine(&t[0], &t[1], &randn(&[4], 1), &t[3], None, spec).is_err());
 }
