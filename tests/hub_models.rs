@@ -26,13 +26,31 @@ fn resnet18_from_the_hub_matches_the_saved_network() {
     let p = dir.path().join("w.safetensors");
     write_safetensors(&p, &net.named_tensors().unwrap(), None).unwrap();
     server.add_model_file("timm/resnet18.a1_in1k", "model.safetensors", std::fs::read(&p).unwrap());
-    server.add_model_file("timm/resnet18.a1_in1k", "config.json", br#"{"architecture": "resnet18"}"#.to_vec());
+    // The repository's own statistics (timm's pretrained_cfg) win over the registry's.
+    let config = br#"{"architecture": "resnet18", "pretrained_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.5]}}"#;
+    server.add_model_file("timm/resnet18.a1_in1k", "config.json", config.to_vec());
     let reg = ModelRegistry::builtin();
     let got = reg.load_network(&hub(&server, &dir.path().join("cache")), "timm/resnet18.a1_in1k", &Device::Cpu).unwrap();
+    let norm = got.spec().normalize.clone().expect("hub models carry their input statistics");
+    assert_eq!((norm.mean.clone(), norm.std.clone()), (vec![0.5, 0.4, 0.3], vec![0.25, 0.2, 0.5]));
+    // The loaded model takes [0, 1] pixels: equal to the saved network on normalised inputs.
     let x = input((3, 224, 224));
-    let a = net.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = got.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a, b);
+    assert_close(&got.forward(&x, false).unwrap(), &net.forward(&normalised(&x, &norm.mean, &norm.std), false).unwrap());
+}
+
+fn normalised(x: &Tensor, mean: &[f32], std: &[f32]) -> Tensor {
+    let c = mean.len();
+    let m = Tensor::from_slice(mean, (1, c, 1, 1), &Device::Cpu).unwrap();
+    let s = Tensor::from_slice(std, (1, c, 1, 1), &Device::Cpu).unwrap();
+    x.broadcast_sub(&m).unwrap().broadcast_div(&s).unwrap()
+}
+
+fn assert_close(a: &Tensor, b: &Tensor) {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4 * scale, "max difference {worst} (scale {scale})");
 }
 
 #[test]
@@ -55,11 +73,13 @@ fn bit_head_convolution_is_reshaped_and_local_files_register() {
     reg.register_local("local/bit-tiny", &p, spec.clone(), pre.clone()).unwrap();
     assert!(reg.register_local("local/bit-tiny", &p, spec, pre).is_err());
     let h = hub(&server, &dir.path().join("cache"));
+    // No config.json in these repositories: the registry's statistics (HALF) go inside.
     let x = input((3, 32, 32));
-    let want = net.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want = net.forward(&normalised(&x, &HALF, &HALF), false).unwrap();
     for name in ["org/bit-tiny", "local/bit-tiny"] {
         let got = reg.load_network(&h, name, &Device::Cpu).unwrap();
-        assert_eq!(got.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "{name}");
+        assert_eq!(got.spec().normalize.as_ref().map(|n| n.mean.clone()), Some(HALF.to_vec()), "{name}");
+        assert_close(&got.forward(&x, false).unwrap(), &want);
     }
     let err = reg.get("timm/resnet19").unwrap_err().to_string();
     assert!(err.contains("timm/resnet18.a1_in1k"), "{err}");

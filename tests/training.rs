@@ -150,3 +150,47 @@ fn bad_configurations_are_refused() {
     net.freeze("");
     assert!(train(&mut net, &data, None, &config(1)).unwrap_err().to_string().contains("frozen"));
 }
+
+/// Evaluation records no autograd graph: its outputs track no op, its values equal the
+/// graph-recording forward pass bit for bit, and the view sees later weight updates.
+#[test]
+fn evaluation_records_no_graph_and_matches_the_recorded_forward() {
+    let data = transferlab::data::digits().unwrap().select(&(0..64).collect::<Vec<_>>()).unwrap();
+    let spec = ModelSpec::named("convnet-bn", data.shape, 10).unwrap();
+    let mut net = Network::new(&spec, 3, &Device::Cpu).unwrap();
+    let x = data.images_tensor(&Device::Cpu).unwrap();
+    let recorded = net.forward(&x, false).unwrap();
+    assert!(recorded.track_op(), "the ordinary forward pass keeps its graph for backward passes");
+    let view = net.inference().unwrap();
+    let free = view.forward(&x).unwrap();
+    assert!(!free.track_op());
+    assert!(!view.features(&x).unwrap().track_op());
+    assert_eq!(recorded.flatten_all().unwrap().to_vec1::<f32>().unwrap(), free.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    for out in [transferlab::train::logits(&net, &data).unwrap(), transferlab::train::features(&net, &data).unwrap()] {
+        assert!(!out.track_op());
+    }
+    // Training after the view was made moves what the view computes (shared storage).
+    train(&mut net, &data, None, &config(1)).unwrap();
+    let after = net.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(view.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), after);
+}
+
+/// Input normalisation inside the model equals normalising the data by hand.
+#[test]
+fn normalisation_inside_the_model_equals_normalised_data() {
+    use transferlab::models::InputNorm;
+    let data = transferlab::data::digits().unwrap().select(&(0..32).collect::<Vec<_>>()).unwrap();
+    let norm = InputNorm::new(vec![0.3], vec![0.2]).unwrap();
+    let plain = ModelSpec::named("convnet-bn", data.shape, 10).unwrap();
+    let a = Network::new(&plain.clone().normalized(norm.clone()).unwrap(), 5, &Device::Cpu).unwrap();
+    let b = Network::new(&plain, 5, &Device::Cpu).unwrap();
+    let by_hand = transferlab::data::normalise(&data, &norm.mean, &norm.std).unwrap();
+    let la = transferlab::train::logits(&a, &data).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let lb = transferlab::train::logits(&b, &by_hand).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "max difference {worst}");
+    // A head replaced for a new task keeps the normalisation.
+    let mut c = a.duplicate().unwrap();
+    c.replace_head(3, 0).unwrap();
+    assert_eq!(c.spec().normalize, Some(norm));
+}

@@ -366,3 +366,91 @@ fn a_safetensors_file_is_not_read_as_pth() {
     weights::write_safetensors(&path, &t, None).unwrap();
     assert!(matches!(weights::read_pth(&path).unwrap_err(), Error::Format { .. }));
 }
+
+/// A published-style checkpoint (akamaster format: `{'state_dict': {'module.*'}}`, legacy
+/// serialisation) of a CIFAR ResNet-20 trained on normalised inputs loads with one call plus
+/// its normalisation, and fed [0, 1] pixels gives PyTorch's logits, CA and ASR on normalised
+/// inputs (tests/fixtures/make_normalized_fixture.py).
+mod normalized_checkpoint {
+    use base64::Engine;
+    use candle_core::Device;
+    use serde_json::Value;
+    use std::path::Path;
+    use transferlab::attacks::{evaluate_backdoor, TargetMode, Trigger};
+    use transferlab::data::Dataset;
+    use transferlab::models::{InputNorm, ModelSpec, Network};
+
+    fn fixture() -> (Value, Dataset) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normalized");
+        let e: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(e["images_u8_base64"].as_str().unwrap()).unwrap();
+        let pixels: Vec<f32> = bytes.iter().map(|&b| b as f32 / 255.0).collect();
+        let labels: Vec<u32> = e["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ds = Dataset::new(pixels, (3, 32, 32), labels, Dataset::numbered_classes(10)).unwrap();
+        (e, ds)
+    }
+
+    fn floats(v: &Value) -> Vec<f32> {
+        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect()
+    }
+
+    fn load(norm: Option<InputNorm>) -> Network {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normalized/resnet20_normalized.th");
+        let mut spec = ModelSpec::named("resnet20", (3, 32, 32), 10).unwrap();
+        if let Some(n) = norm {
+            spec = spec.normalized(n).unwrap();
+        }
+        Network::from_foreign(&path, &spec, &Device::Cpu, false).unwrap()
+    }
+
+    #[test]
+    fn pixel_space_ca_and_asr_equal_pytorchs_on_normalised_inputs() {
+        let (e, ds) = fixture();
+        let net = load(Some(InputNorm::parse("cifar10").unwrap()));
+        let logits = transferlab::train::logits(&net, &ds).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = floats(&e["logits_clean"]);
+        let worst = logits.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-3, "clean logits differ from PyTorch's by up to {worst}");
+
+        let target = e["target"].as_u64().unwrap() as u32;
+        let m = evaluate_backdoor(&net, &ds, &Trigger::badnets(3), &TargetMode::AllToOne { target }, 0).unwrap();
+        // PyTorch's rates are float32: equal counts give equal rates to within that.
+        let ca = e["ca"].as_f64().unwrap();
+        assert!((m.clean_accuracy - ca).abs() < 1e-6, "CA {} vs PyTorch's {ca}", m.clean_accuracy);
+        let asr = e["asr"].as_f64().unwrap();
+        assert!((m.attack_success_rate - asr).abs() < 1e-6, "ASR {} vs PyTorch's {asr}", m.attack_success_rate);
+
+        // The triggered logits too: the patch is stamped in pixel space, then normalised inside.
+        let mut stamped = ds.clone();
+        for i in 0..stamped.len() {
+            Trigger::badnets(3).apply(stamped.image_mut(i), (3, 32, 32), None).unwrap();
+        }
+        let t = transferlab::train::logits(&net, &stamped).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let worst = t.iter().zip(floats(&e["logits_triggered"])).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-3, "triggered logits differ from PyTorch's by up to {worst}");
+    }
+
+    #[test]
+    fn without_its_normalisation_the_checkpoint_scores_differently() {
+        // The same weights fed raw pixels: the normalisation is what makes the numbers match.
+        let (e, ds) = fixture();
+        let raw = transferlab::train::logits(&load(None), &ds).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = floats(&e["logits_clean"]);
+        let worst = raw.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst > 0.1, "raw-pixel logits should not match normalised ones (max diff {worst})");
+    }
+
+    #[test]
+    fn saved_weights_keep_the_normalisation() {
+        let (_, ds) = fixture();
+        let net = load(Some(InputNorm::parse("cifar10").unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.safetensors");
+        net.save(&path).unwrap();
+        let back = Network::from_file(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.spec().normalize, net.spec().normalize);
+        let a = transferlab::train::logits(&net, &ds).unwrap();
+        let b = transferlab::train::logits(&back, &ds).unwrap();
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+}

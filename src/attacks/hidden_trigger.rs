@@ -72,6 +72,9 @@ pub struct HiddenTriggerConfig {
     pub finetune: TrainConfig,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for HiddenTriggerConfig {
@@ -84,6 +87,7 @@ impl Default for HiddenTriggerConfig {
             ..TrainConfig::default()
         };
         Self {
+            device: Device::Cpu,
             model: "mlp".into(),
             source: 3,
             target: 8,
@@ -207,7 +211,7 @@ impl HiddenTriggerConfig {
 /// ```
 pub fn run(data: &Dataset, cfg: &HiddenTriggerConfig) -> Result<HiddenTriggerResult> {
     cfg.validate(data)?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let (attacker, victim) = data.split(cfg.pretrain_fraction, cfg.seed, true)?;
     let (test, victim_train) = victim.split(cfg.test_fraction, cfg.seed.wrapping_add(1), true)?;
     let by_class = attacker.indices_by_class();
@@ -244,6 +248,8 @@ fn craft_poisons(net: &Network, attacker: &Dataset, originals: &Dataset, source_
     let n = originals.len();
     let mut out = Vec::with_capacity(n * originals.image_len());
     let mut rng = stream(cfg.seed, "hidden_trigger.sources");
+    // Gradients flow to the poisons only: the weights are a graph-free view.
+    let view = net.inference()?;
     let batches: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(cfg.batch).map(|b| b.to_vec()).collect();
     let progress = Progress::new("hidden-trigger poisons", (batches.len() * cfg.iterations) as u64, cfg.progress);
     let (mut before, mut after) = (0.0, 0.0);
@@ -252,7 +258,7 @@ fn craft_poisons(net: &Network, attacker: &Dataset, originals: &Dataset, source_
         // A fresh draw of patched source images for each batch, as in the paper.
         let src: Vec<usize> = (0..b).map(|_| source_pool[rng.random_range(0..source_pool.len())]).collect();
         let patched = cfg.trigger.apply_to(&attacker.select(&src)?, &(0..b).collect::<Vec<_>>(), cfg.seed.wrapping_add(bi as u64))?;
-        let fs = net.features(&patched.images_tensor(&device)?, false)?.detach();
+        let fs = view.features(&patched.images_tensor(&device)?)?;
         let t = originals.batch(idx, &device)?.0;
         let delta = Var::from_tensor(&t.zeros_like()?)?;
         let mut last = 0.0;
@@ -260,7 +266,7 @@ fn craft_poisons(net: &Network, attacker: &Dataset, originals: &Dataset, source_
         for it in 0..cfg.iterations {
             let lr = cfg.lr * 0.5f64.powi((it / cfg.lr_halving) as i32);
             let z = (&t + delta.as_tensor())?;
-            let fz = net.features(&z, false)?;
+            let fz = view.features(&z)?;
             let pairing = greedy_pairing(&fs, &fz.detach())?;
             let matched = fs.index_select(&Tensor::from_vec(pairing, b, &device)?, 0)?;
             let per_pair = (&fz - &matched)?.sqr()?.sum(1)?;

@@ -116,6 +116,8 @@ impl InvertedTrigger {
 fn invert(net: &Network, images: &Tensor, source: Option<u32>, target: u32, cfg: &InversionConfig) -> Result<InvertedTrigger> {
     let (n, c, h, w) = images.dims4()?;
     let dev = net.device().clone();
+    // Gradients flow to the mask and pattern only: the weights are a graph-free view.
+    let view = net.inference()?;
     let mut rng = stream_at(cfg.seed, "nc.init", target as u64 * 1000 + source.map_or(999, |s| s as u64));
     let init = |len: usize, rng: &mut crate::rng::SeededRng| (0..len).map(|_| 0.1 * normal(rng)).collect::<Vec<f32>>();
     let mask_raw = Var::from_tensor(&Tensor::from_vec(init(h * w, &mut rng), (1, 1, h, w), &dev)?)?;
@@ -139,7 +141,7 @@ fn invert(net: &Network, images: &Tensor, source: Option<u32>, target: u32, cfg:
             let m = squash(mask_raw.as_tensor())?;
             let p = squash(pattern_raw.as_tensor())?;
             let stamped = (x.broadcast_mul(&(1.0 - &m)?)? + m.broadcast_mul(&p)?.broadcast_as(x.shape())?)?;
-            let logits = net.forward(&stamped, false)?;
+            let logits = view.forward(&stamped)?;
             let y = Tensor::full(target, len, &dev)?;
             let l1 = m.sum_all()?;
             let loss = (cross_entropy(&logits, &y, 0.0)? + (&l1 * cost)?)?;
@@ -188,7 +190,7 @@ fn invert(net: &Network, images: &Tensor, source: Option<u32>, target: u32, cfg:
     let m = Tensor::from_slice(&mask, (1, 1, h, w), &dev)?;
     let p = Tensor::from_slice(&pattern, (1, c, h, w), &dev)?;
     let stamped = (images.broadcast_mul(&(1.0 - &m)?)? + m.broadcast_mul(&p)?.broadcast_as(images.shape())?)?;
-    let pred = net.forward(&stamped, false)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let pred = view.forward(&stamped)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
     let full_asr = pred.iter().filter(|&&p| p == target).count() as f64 / n as f64;
     let l1 = mask.iter().map(|&v| v as f64).sum();
     Ok(InvertedTrigger { source, target, l1, mask, pattern, asr: full_asr })

@@ -32,6 +32,6 @@ pub use repo::{is_commit, Repo, RepoKind};
 mod datasets;
 pub use datasets::{fetch_split, load_dataset, parse_card_features, split_files, DatasetRequest, Feature, HUB_DATASETS};
 mod models;
-pub use models::{timm_to_ours, ClipBundle, Family, ModelEntry, ModelRegistry, Preprocess, Source, CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD};
+pub use models::{statistics_from_config, timm_to_ours, ClipBundle, Family, ModelEntry, ModelRegistry, Preprocess, Source, CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD};
 mod fetch;
 pub use fetch::{fetch, files_to_fetch, repo_for_id};

@@ -7,7 +7,7 @@ use super::error::HubError;
 use super::repo::Repo;
 use crate::data::{normalise, resize, Dataset};
 use crate::error::{Error, Result};
-use crate::models::{Clip, ClipConfig, ClipTokenizer, LoadMode, ModelSpec, Network, Vit, VitConfig};
+use crate::models::{Clip, ClipConfig, ClipTokenizer, InputNorm, LoadMode, ModelSpec, Network, Vit, VitConfig};
 use crate::weights::{read_weights, NamedTensors};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -112,6 +112,15 @@ impl Preprocess {
     /// # Ok::<(), transferlab::Error>(())
     /// ```
     pub fn apply(&self, ds: &Dataset) -> Result<Dataset> {
+        let pixels = self.pixels(ds)?;
+        normalise(&pixels, &self.mean, &self.std)
+    }
+
+    /// Resize and centre-crop only, staying in [0, 1] pixel space: the input of a [`Network`]
+    /// from [`ModelRegistry::load_network`], which applies `mean`/`std` itself (its spec's
+    /// [`crate::models::InputNorm`]), so that triggers and budgets keep their pixel meaning.
+    /// CLIP and ViT take [`Preprocess::apply`]'s normalised images.
+    pub fn pixels(&self, ds: &Dataset) -> Result<Dataset> {
         if self.crop == 0 || self.resize < self.crop {
             return Err(Error::invalid("preprocessing", format!("resize {} must be at least the crop {} (> 0)", self.resize, self.crop)));
         }
@@ -123,8 +132,7 @@ impl Preprocess {
             (((h as f64 * self.resize as f64 / w as f64).round() as usize).max(self.resize), self.resize)
         };
         let r = if (nh, nw) == (h, w) { ds } else { resize(&ds, (nh, nw))? };
-        let cropped = center_crop(&r, self.crop)?;
-        normalise(&cropped, &self.mean, &self.std)
+        center_crop(&r, self.crop)
     }
 }
 
@@ -408,7 +416,8 @@ impl ModelRegistry {
         }
     }
 
-    /// A ready [`Network`] with the pretrained weights of `name` (one of our architectures).
+    /// A ready [`Network`] with the pretrained weights of `name` (one of our architectures), its
+    /// input normalisation inside: feed it [`Preprocess::pixels`] images in [0, 1].
     pub fn load_network(&self, hub: &Hub, name: &str, device: &Device) -> Result<Network> {
         let entry = self.get(name)?;
         let Family::Network(spec) = &entry.family else {
@@ -419,13 +428,45 @@ impl ModelRegistry {
         };
         let path = self.weights_path(hub, name)?;
         let tensors = timm_to_ours(read_weights(&path)?, spec)?;
-        let mut net = Network::new(spec, 0, device)?;
+        // The statistics go inside the model: it then takes [0, 1] pixels
+        // (`Preprocess::pixels`), as every other network does. The repository's own config
+        // (timm's `config.json`) is authoritative where it has them; the registry's otherwise.
+        let (mean, std) = match &entry.source {
+            Source::Hub { repo, .. } => hub_statistics(hub, repo),
+            Source::Local(_) => None,
+        }
+        .unwrap_or((entry.preprocess.mean.to_vec(), entry.preprocess.std.to_vec()));
+        let identity = mean.iter().all(|&m| m == 0.0) && std.iter().all(|&s| s == 1.0);
+        let spec = if identity { spec.clone() } else { spec.clone().normalized(InputNorm::new(mean, std)?)? };
+        let mut net = Network::new(&spec, 0, device)?;
         net.set_tensors(&tensors, LoadMode::Strict).map_err(|e| match e {
             Error::WeightMismatch(m) => Error::WeightMismatch(format!("{} ({name}): {m}", path.display())),
             other => other,
         })?;
         Ok(net)
     }
+}
+
+/// The input statistics a hub model's `config.json` declares: timm's `pretrained_cfg.mean/std`
+/// (or top-level `mean`/`std`), or transformers' `image_mean`/`image_std`; `None` when the
+/// repository has no such file or fields.
+///
+/// ```
+/// use transferlab::hub::statistics_from_config;
+/// let timm = r#"{"architecture": "resnet18", "pretrained_cfg": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}"#;
+/// assert_eq!(statistics_from_config(timm).unwrap().0, vec![0.485, 0.456, 0.406]);
+/// assert!(statistics_from_config("{}").is_none());
+/// ```
+pub fn statistics_from_config(text: &str) -> Option<(Vec<f32>, Vec<f32>)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let floats = |x: &serde_json::Value| -> Option<Vec<f32>> { x.as_array()?.iter().map(|f| f.as_f64().map(|f| f as f32)).collect() };
+    let pick = |o: &serde_json::Value, m: &str, s: &str| Some((floats(o.get(m)?)?, floats(o.get(s)?)?));
+    v.get("pretrained_cfg").and_then(|p| pick(p, "mean", "std")).or_else(|| pick(&v, "mean", "std")).or_else(|| pick(&v, "image_mean", "image_std"))
+}
+
+fn hub_statistics(hub: &Hub, repo: &Repo) -> Option<(Vec<f32>, Vec<f32>)> {
+    let path = hub.get(repo, "config.json").ok()?;
+    statistics_from_config(&std::fs::read_to_string(path).ok()?)
 }
 
 /// timm checkpoints onto our names: identical for ResNets (torchvision names); BiT's 1x1

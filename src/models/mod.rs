@@ -12,6 +12,7 @@ mod bagnet;
 mod cifar_resnet;
 mod convnet;
 mod mlp;
+mod inference;
 mod network;
 mod small_cnn;
 mod preact_resnet;
@@ -27,7 +28,8 @@ use resnet::BlockKind;
 
 pub use backdoored::{checkerboard_response, Injection, TriggerDetector};
 pub use network::{is_buffer, LoadMode, Network};
-pub use spec::{Arch, ModelSpec, Norm, MODEL_NAMES};
+pub use spec::{Arch, InputNorm, ModelSpec, Norm, CIFAR10_MEAN, CIFAR10_STD, MODEL_NAMES};
+pub use inference::Inference;
 pub use vit::{vit_hub_names, Vit, VitConfig};
 pub use clip::{l2_normalise, Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use clip_tokenizer::{bytes_to_unicode, clip_vocab, ClipTokenizer, CLIP_CONTEXT, END_OF_TEXT, START_OF_TEXT};

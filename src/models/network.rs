@@ -1,5 +1,6 @@
 //! A model with its weights: body, replaceable head, parameter groups, save and load.
 
+use super::inference::{check_input, normalize, Inference};
 use super::init::{initialise, InitScheme};
 use super::layers::Linear;
 use super::spec::{Arch, ModelSpec};
@@ -44,6 +45,8 @@ pub struct Network {
     /// asks (a frozen body runs in eval mode).
     body_frozen: bool,
     device: Device,
+    /// The spec's input normalisation as (mean, 1 / std), each (1, C, 1, 1) on `device`.
+    input_norm: Option<(Tensor, Tensor)>,
     /// Which compiled copy of this crate built the network (see [`Network::make_local`]).
     home: usize,
 }
@@ -82,8 +85,27 @@ impl Network {
             frozen: BTreeSet::new(),
             body_frozen: false,
             device: device.clone(),
+            input_norm: norm_tensors(spec, device)?,
             home: code_copy(),
         })
+    }
+
+    /// The eval-mode forward pass without an autograd graph (see [`Inference`]): use it for
+    /// every forward pass that is not followed by a backward pass through the weights.
+    pub fn inference(&self) -> Result<Inference> {
+        Inference::of(self)
+    }
+
+    /// Detached views of every parameter (same storage, no graph), by name. Buffers (running
+    /// statistics) stay the variables themselves: batch norm reads them through detached
+    /// views anyway, and sharing the variable keeps a view current when training moves them.
+    pub(super) fn detached_variables(&self) -> std::collections::HashMap<String, Tensor> {
+        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
+        data.iter().map(|(k, v)| (k.clone(), if is_buffer(k) { v.as_tensor().clone() } else { v.as_tensor().detach() })).collect()
+    }
+
+    pub(super) fn input_norm(&self) -> Option<&(Tensor, Tensor)> {
+        self.input_norm.as_ref()
     }
 
     /// The model's specification.
@@ -114,17 +136,12 @@ impl Network {
     }
 
     /// Penultimate features (N, feature_dim).
+    /// Penultimate features (N, feature_dim) of [0, 1] images; the spec's input normalisation
+    /// is applied first.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (c, h, w) = self.spec.input;
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1] != c || dims[2] != h || dims[3] != w {
-            return Err(Error::shape(
-                "model input",
-                format!("expected (N, {c}, {h}, {w}) images, got {dims:?}"),
-            ));
-        }
+        check_input(self.spec.input, x)?;
         let body_train = train && !self.body_frozen;
-        Ok(self.body.features(x, body_train)?)
+        Ok(self.body.features(&normalize(x, self.input_norm.as_ref())?, body_train)?)
     }
 
     /// Apply only the head to features.
@@ -135,7 +152,7 @@ impl Network {
     /// Replace the head with a freshly initialised one for `num_classes` classes (transfer to a
     /// new task, or re-initialising the head as a removal attempt).
     pub fn replace_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
-        let spec = ModelSpec::new(self.spec.arch.clone(), self.spec.input, num_classes)?;
+        let spec = ModelSpec { normalize: self.spec.normalize.clone(), ..ModelSpec::new(self.spec.arch.clone(), self.spec.input, num_classes)? };
         let prefix = format!("{}.", spec.head_name());
         self.varmap.data().lock().expect("VarMap lock poisoned").retain(|k, _| !k.starts_with(&prefix));
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
@@ -264,6 +281,22 @@ impl Network {
         })
     }
 
+    /// Build `spec` and load a foreign weight file into it in one call: a PyTorch checkpoint
+    /// (`.pth`/`.th`, zip or legacy; the `state_dict` of a training checkpoint is found) or
+    /// safetensors, with DataParallel's `module.` removed and, with `unwrap_sequential`, an
+    /// `nn.Sequential` wrapper's index too ([`weights::unwrap_wrappers`]). A model trained on
+    /// normalised inputs gets its statistics through `spec` ([`ModelSpec::normalized`]) and then
+    /// takes [0, 1] pixels. Every tensor must match by name and shape.
+    pub fn from_foreign(path: &Path, spec: &ModelSpec, device: &Device, unwrap_sequential: bool) -> Result<Self> {
+        let tensors = weights::unwrap_wrappers(weights::read_weights(path)?, unwrap_sequential)?;
+        let mut net = Network::new(spec, 0, device)?;
+        net.set_tensors(&tensors, LoadMode::Strict).map_err(|e| match e {
+            Error::WeightMismatch(m) => Error::WeightMismatch(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        Ok(net)
+    }
+
     /// Rebuild a network saved by [`Network::save`].
     pub fn from_file(path: &Path, device: &Device) -> Result<Self> {
         let meta = weights::read_safetensors_metadata(path)?;
@@ -311,6 +344,19 @@ impl Network {
         copy.body_frozen = self.body_frozen;
         Ok(copy)
     }
+}
+
+fn norm_tensors(spec: &ModelSpec, device: &Device) -> Result<Option<(Tensor, Tensor)>> {
+    let Some(norm) = &spec.normalize else { return Ok(None) };
+    let c = norm.mean.len();
+    if c != spec.input.0 {
+        return Err(Error::invalid(
+            "input normalisation",
+            format!("{c} channel statistics for a model with {}-channel inputs", spec.input.0),
+        ));
+    }
+    let inv: Vec<f32> = norm.std.iter().map(|s| 1.0 / s).collect();
+    Ok(Some((Tensor::from_slice(&norm.mean, (1, c, 1, 1), device)?, Tensor::from_vec(inv, (1, c, 1, 1), device)?)))
 }
 
 /// Running statistics and counters, updated by the forward pass rather than by an optimiser.

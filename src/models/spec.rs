@@ -56,7 +56,71 @@ pub enum Arch {
     Backdoored { base: Box<Arch>, detector: TriggerDetector },
 }
 
-/// A model: architecture, input image shape (C, H, W) and number of classes.
+/// Per-channel input normalisation, `(x - mean) / std`, computed inside the network's forward
+/// pass. Data, triggers, masks and perturbation budgets stay in pixel space [0, 1] whatever the
+/// model: a trigger stamped on an image means the same on every network, and a model trained
+/// on normalised inputs (every published CIFAR/ImageNet checkpoint) runs on [0, 1] images.
+///
+/// ```
+/// use transferlab::models::InputNorm;
+/// let n = InputNorm::parse("cifar10").unwrap();
+/// assert_eq!(n.mean.len(), 3);
+/// assert_eq!(InputNorm::parse("0.5,0.5,0.5/0.25,0.25,0.25").unwrap().std, vec![0.25; 3]);
+/// assert!(InputNorm::new(vec![0.5], vec![0.0]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputNorm {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+// Construction refuses NaN, so equality is reflexive.
+impl Eq for InputNorm {}
+
+/// CIFAR-10 training-set statistics, as BackdoorBench and most CIFAR repositories use them.
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+/// See [`CIFAR10_MEAN`].
+pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+
+impl InputNorm {
+    /// Per-channel mean and standard deviation (one value each per input channel).
+    pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Result<Self> {
+        if mean.is_empty() || mean.len() != std.len() {
+            return Err(Error::invalid(
+                "input normalisation",
+                format!("{} means and {} standard deviations; give one of each per channel", mean.len(), std.len()),
+            ));
+        }
+        if mean.iter().any(|m| !m.is_finite()) || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::invalid(
+                "input normalisation",
+                format!("mean {mean:?}, std {std:?}: means must be finite and standard deviations positive"),
+            ));
+        }
+        Ok(Self { mean, std })
+    }
+
+    /// `cifar10`, `imagenet`, or explicit `M1,M2,M3/S1,S2,S3` (one value per channel).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cifar10" => Self::new(CIFAR10_MEAN.to_vec(), CIFAR10_STD.to_vec()),
+            "imagenet" => Self::new(vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]),
+            other => {
+                let parse_list = |part: &str| -> Option<Vec<f32>> { part.split(',').map(|v| v.trim().parse().ok()).collect() };
+                match other.split_once('/').and_then(|(m, s)| Some((parse_list(m)?, parse_list(s)?))) {
+                    Some((mean, std)) => Self::new(mean, std),
+                    None => Err(Error::invalid(
+                        "input normalisation",
+                        format!("{other:?}; use cifar10, imagenet or MEANS/STDS such as 0.5,0.5,0.5/0.25,0.25,0.25"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// A model: architecture, input image shape (C, H, W), number of classes and the input
+/// normalisation the network applies to [0, 1] images (none by default).
 ///
 /// ```
 /// use transferlab::models::ModelSpec;
@@ -69,6 +133,9 @@ pub struct ModelSpec {
     pub arch: Arch,
     pub input: (usize, usize, usize),
     pub num_classes: usize,
+    /// Applied inside the forward pass (see [`InputNorm`]); `None` feeds pixels as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<InputNorm>,
 }
 
 /// Registry names accepted by [`ModelSpec::named`], with what each builds.
@@ -78,6 +145,7 @@ pub const MODEL_NAMES: &[(&str, &str)] = &[
     ("convnet-bn", "ConvNet width 128, depth 3, batch norm"),
     ("cnn3", "3-layer CNN, 32-64-128 channels, max pooling (the speed benchmark)"),
     ("badnets-cnn", "BadNets LeNet-style CNN"),
+    ("resnet8", "CIFAR ResNet-8 (option A; one block per stage): CIFAR-10 miniatures on 2 cores"),
     ("resnet20", "CIFAR ResNet-20 (option A)"),
     ("resnet32", "CIFAR ResNet-32 (option A)"),
     ("resnet44", "CIFAR ResNet-44 (option A)"),
@@ -99,6 +167,7 @@ impl ModelSpec {
             "convnet-bn" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Batch },
             "cnn3" => Arch::SmallCnn,
             "badnets-cnn" => Arch::BadNetsCnn,
+            "resnet8" => Arch::CifarResNet { depth: 8 },
             "resnet20" => Arch::CifarResNet { depth: 20 },
             "resnet32" => Arch::CifarResNet { depth: 32 },
             "resnet44" => Arch::CifarResNet { depth: 44 },
@@ -130,9 +199,30 @@ impl ModelSpec {
         if input.0 == 0 || input.1 == 0 || input.2 == 0 {
             return Err(Error::invalid("input shape", format!("{input:?} has a zero dimension")));
         }
-        let spec = Self { arch, input, num_classes };
+        let spec = Self { arch, input, num_classes, normalize: None };
         spec.check_input()?;
         Ok(spec)
+    }
+
+    /// The same model with `norm` applied to its inputs inside the forward pass.
+    ///
+    /// ```
+    /// use transferlab::models::{InputNorm, ModelSpec};
+    /// let spec = ModelSpec::named("resnet20", (3, 32, 32), 10).unwrap();
+    /// assert!(spec.clone().normalized(InputNorm::parse("cifar10").unwrap()).is_ok());
+    /// // One mean per channel: a gray model cannot take RGB statistics.
+    /// let gray = ModelSpec::named("mlp", (1, 8, 8), 10).unwrap();
+    /// assert!(gray.normalized(InputNorm::parse("cifar10").unwrap()).is_err());
+    /// ```
+    pub fn normalized(mut self, norm: InputNorm) -> Result<Self> {
+        if norm.mean.len() != self.input.0 {
+            return Err(Error::invalid(
+                "input normalisation",
+                format!("{} channel statistics for a model with {}-channel inputs", norm.mean.len(), self.input.0),
+            ));
+        }
+        self.normalize = Some(norm);
+        Ok(self)
     }
 
     /// The name of the classification head's parameter prefix.

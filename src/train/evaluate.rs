@@ -18,14 +18,26 @@ fn check_compatible(net: &Network, ds: &Dataset) -> Result<()> {
     Ok(())
 }
 
-/// Eval-mode logits for every sample, (N, classes), on the CPU.
+/// Eval-mode logits for every sample, (N, classes), on the CPU. No autograd graph is recorded
+/// ([`Network::inference`]): memory is one batch's activations, whatever the dataset size.
+///
+/// ```
+/// use transferlab::prelude::*;
+/// let data = digits().unwrap().select(&(0..300).collect::<Vec<_>>()).unwrap();
+/// let net = Network::new(&ModelSpec::named("convnet-bn", data.shape, 10).unwrap(), 0, &Device::Cpu).unwrap();
+/// let l = transferlab::train::logits(&net, &data).unwrap();
+/// assert_eq!(l.dims(), &[300, 10]);
+/// assert!(!l.track_op());
+/// ```
 pub fn logits(net: &Network, ds: &Dataset) -> Result<Tensor> {
-    over_batches(net, ds, |x| net.forward(x, false))
+    let view = net.inference()?;
+    over_batches(net, ds, |x| view.forward(x))
 }
 
-/// Eval-mode penultimate features for every sample, (N, feature_dim), on the CPU.
+/// Eval-mode penultimate features for every sample, (N, feature_dim), on the CPU; no graph.
 pub fn features(net: &Network, ds: &Dataset) -> Result<Tensor> {
-    over_batches(net, ds, |x| net.features(x, false))
+    let view = net.inference()?;
+    over_batches(net, ds, |x| view.features(x))
 }
 
 /// `f` applied to the dataset in evaluation batches, the results stacked on the CPU.

@@ -16,7 +16,7 @@ mod pickle;
 mod pth;
 mod safetensors_io;
 
-pub use pth::{read_pth, strip_prefix};
+pub use pth::{read_pth, strip_prefix, unwrap_wrappers};
 pub use safetensors_io::{read_safetensors, read_safetensors_metadata, write_safetensors};
 
 use crate::error::{Error, Result};

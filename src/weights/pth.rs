@@ -138,6 +138,50 @@ pub(crate) fn describe_pth(path: &Path, format: WeightFormat) -> Result<Vec<Tens
 /// assert!(t.contains_key("fc.weight"));
 /// ```
 pub fn strip_prefix(tensors: NamedTensors, prefix: &str) -> Result<NamedTensors> {
+    strip_prefix_impl(tensors, prefix)
+}
+
+/// Names as the bare network has them: `module.` (DataParallel / DistributedDataParallel)
+/// removed, and with `sequential`, the leading index of an `nn.Sequential` wrapper too
+/// (`Sequential(Normalize(...), net)` saves `1.conv1.weight`). Of a Sequential, the element
+/// with the most tensors is the network; the others (a normalisation layer's buffers) are
+/// dropped: a transferlab model carries its normalisation in its spec.
+///
+/// ```
+/// use transferlab::weights::{unwrap_wrappers, NamedTensors};
+/// use candle_core::{Device, Tensor};
+/// let z = || Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
+/// let mut t = NamedTensors::new();
+/// for k in ["module.0.mean", "module.1.conv1.weight", "module.1.fc.weight"] { t.insert(k.into(), z()); }
+/// let names: Vec<String> = unwrap_wrappers(t, true).unwrap().into_keys().collect();
+/// assert_eq!(names, ["conv1.weight", "fc.weight"]);
+/// ```
+pub fn unwrap_wrappers(tensors: NamedTensors, sequential: bool) -> Result<NamedTensors> {
+    let tensors = strip_prefix_impl(tensors, "module.")?;
+    if !sequential {
+        return Ok(tensors);
+    }
+    let index_of = |k: &str| k.split_once('.').map(|(h, _)| h.to_string()).filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit()));
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for k in tensors.keys() {
+        if let Some(i) = index_of(k) {
+            *counts.entry(i).or_default() += 1;
+        }
+    }
+    let Some(main) = counts.into_iter().max_by_key(|(_, n)| *n).map(|(i, _)| i) else {
+        return Ok(tensors);
+    };
+    Ok(tensors
+        .into_iter()
+        .filter_map(|(k, v)| match index_of(&k) {
+            Some(i) if i == main => Some((k[i.len() + 1..].to_string(), v)),
+            Some(_) => None,
+            None => Some((k, v)),
+        })
+        .collect())
+}
+
+fn strip_prefix_impl(tensors: NamedTensors, prefix: &str) -> Result<NamedTensors> {
     let mut out = NamedTensors::new();
     for (name, t) in tensors {
         let new = match name.strip_prefix(prefix) {
