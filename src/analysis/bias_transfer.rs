@@ -45,6 +45,9 @@ pub struct BiasTransferConfig {
     pub target_training: TrainConfig,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for BiasTransferConfig {
@@ -58,6 +61,7 @@ impl Default for BiasTransferConfig {
             ..TrainConfig::default()
         };
         Self {
+            device: Device::Cpu,
             trigger: Trigger::badnets(3),
             bias_class: 0,
             bias_rate: 0.1,
@@ -239,7 +243,7 @@ fn train_sources(
     let source_spec = ModelSpec::new(cfg.arch.clone(), source.shape, source.num_classes())?;
     let mut sources = Vec::new();
     for (name, data) in [("clean", &source_train), ("biased", &biased_source)] {
-        let mut net = Network::new(&source_spec, cfg.seed, &Device::Cpu)?;
+        let mut net = Network::new(&source_spec, cfg.seed, &cfg.device)?;
         train(&mut net, data, None, &TrainConfig { seed: cfg.seed, ..cfg.source_training.clone() })?;
         progress.inc(1);
         sources.push((name, net));
@@ -262,7 +266,7 @@ fn target_rows(
     let k = data.num_classes();
     let target_spec = ModelSpec::new(cfg.arch.clone(), data.shape, k)?;
     let tcfg = TrainConfig { seed: cfg.seed.wrapping_add(1), ..cfg.target_training.clone() };
-    let mut scratch = Network::new(&target_spec, cfg.seed.wrapping_add(2), &Device::Cpu)?;
+    let mut scratch = Network::new(&target_spec, cfg.seed.wrapping_add(2), &cfg.device)?;
     train(&mut scratch, data, None, &tcfg)?;
     progress.inc(1);
     let mut rows = vec![measure(&scratch, target_test, &cfg.trigger, "none", "scratch", debiased, cfg.seed)?];

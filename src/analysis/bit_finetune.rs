@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::models::{ModelSpec, Network};
 use crate::report::{Chart, Figure, LineChart, Outcome};
 use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, Progress, ProgressMode, TrainConfig};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
 /// The BiT-HyperRule.
@@ -354,8 +354,9 @@ impl Outcome for BitFinetuneResult {
 pub fn run(source_net: &Network, target_train: &Dataset, target_test: &Dataset, cfg: &BitFinetuneConfig) -> Result<BitFinetuneResult> {
     cfg.validate(source_net, target_train, target_test)?;
     let k = target_train.num_classes();
-    let spec = ModelSpec::new(source_net.spec().arch.clone(), target_train.shape, k)?;
-    let device = Device::Cpu;
+    let spec = ModelSpec { normalize: source_net.spec().normalize.clone(), ..ModelSpec::new(source_net.spec().arch.clone(), target_train.shape, k)? };
+    // The source network's device: fine-tuned and scratch models live where it does.
+    let device = source_net.device().clone();
     let mut jobs: Vec<(Option<usize>, u64)> = Vec::new();
     for &shots in &cfg.shots {
         for s in 0..cfg.seeds as u64 {

@@ -45,6 +45,9 @@ pub struct ContrastiveConfig {
     pub weight_decay: f64,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for ContrastiveConfig {
@@ -65,6 +68,7 @@ impl Default for ContrastiveConfig {
             weight_decay: 0.2,
             seed: 0,
             progress: ProgressMode::Bar,
+            device: Device::Cpu,
         }
     }
 }
@@ -215,7 +219,7 @@ fn pretrain_here(images: &Dataset, captions: &[String], cfg: &ContrastiveConfig)
             format!("{} images and {} captions: give one caption per image and at least batch_size ({}) pairs", images.len(), captions.len(), cfg.batch_size),
         ));
     }
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let corpus: Vec<&str> = captions.iter().map(String::as_str).collect();
     let tokenizer = ClipTokenizer::train(&corpus, cfg.bpe_merges, cfg.context)?;
     let config = cfg.clip_config(tokenizer.vocab_size(), tokenizer.end_id());

@@ -50,6 +50,9 @@ pub struct FailureDirectionsConfig {
     pub group_mask: u32,
     /// Seeds the SVMs' folds and the random baseline.
     pub seed: u64,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for FailureDirectionsConfig {
@@ -64,6 +67,7 @@ impl Default for FailureDirectionsConfig {
             budget_per_class: 20,
             group_mask: GROUP_SUBGROUP,
             seed: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -176,7 +180,7 @@ pub fn run(train_set: &Dataset, val: &Dataset, test: &Dataset, pool: &Dataset, c
     }
     let k = train_set.num_classes();
     let spec = ModelSpec::named(&cfg.model, train_set.shape, k)?;
-    let mut net = Network::new(&spec, cfg.init_seed, &Device::Cpu)?;
+    let mut net = Network::new(&spec, cfg.init_seed, &cfg.device)?;
     train::train(&mut net, train_set, None, &cfg.train)?;
 
     let dim = net.feature_dim();
@@ -283,7 +287,7 @@ pub fn run(train_set: &Dataset, val: &Dataset, test: &Dataset, pool: &Dataset, c
     }];
     for (name, chosen) in [("random", &chosen_random), ("lowest-svm", &chosen_svm)] {
         let data = train_set.concat(&pool.select(chosen)?)?;
-        let mut retrained = Network::new(&spec, cfg.init_seed, &Device::Cpu)?;
+        let mut retrained = Network::new(&spec, cfg.init_seed, &cfg.device)?;
         train::train(&mut retrained, &data, None, &cfg.train)?;
         let pred = train::predict(&retrained, test)?;
         interventions.push(Intervention {

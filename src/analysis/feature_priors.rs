@@ -87,6 +87,9 @@ pub struct FeaturePriorsConfig {
     pub init_seed: u64,
     /// Progress over the trainings (the trainings themselves report nothing).
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for FeaturePriorsConfig {
@@ -94,6 +97,7 @@ impl Default for FeaturePriorsConfig {
         let epochs = 12;
         let era_epochs = 6;
         Self {
+            device: Device::Cpu,
             shape_arch: Arch::ConvNet { width: 32, depth: 2, norm: Norm::Instance },
             // Width 64 with one 1x1 layer learnt the generator's scaled textures best of the
             // BagNets we tried (37 % vs 22 % for width 32, two layers, on 300 images with
@@ -571,7 +575,7 @@ impl Trainer<'_> {
         };
         let mut net = match start {
             Some(net) => net.duplicate()?,
-            None => Network::new(&ModelSpec::new(arch.clone(), data.shape, data.num_classes())?, self.cfg.init_seed, &Device::Cpu)?,
+            None => Network::new(&ModelSpec::new(arch.clone(), data.shape, data.num_classes())?, self.cfg.init_seed, &self.cfg.device)?,
         };
         let train_cfg = if era == 0 { &self.cfg.train } else { self.cfg.era_train.as_ref().unwrap_or(&self.cfg.train) };
         let train_cfg = TrainConfig { progress: ProgressMode::Hidden, ..train_cfg.clone() };

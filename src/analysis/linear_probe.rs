@@ -59,6 +59,9 @@ pub struct LinearProbeConfig {
     pub fine_tuning: Option<TrainConfig>,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 /// `n` values spaced evenly in log10 from `lo` to `hi`.
@@ -90,6 +93,7 @@ impl Default for LinearProbeConfig {
             ..TrainConfig::default()
         };
         Self {
+            device: Device::Cpu,
             recipes,
             source_training: sgd(10),
             l2_grid: log_grid(1e-6, 1e2, 9),
@@ -279,7 +283,7 @@ pub fn run(source_train: &Dataset, source_test: &Dataset, target_train: &Dataset
     if source_train.shape != target_train.shape || target_train.shape != target_test.shape || source_test.shape != source_train.shape {
         return Err(Error::shape("linear probe", "source and target images must have one shape; resize first"));
     }
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let progress = Progress::new("linear probes", cfg.recipes.len() as u64, cfg.progress);
     let mut rows = Vec::new();
     for (m, recipe) in cfg.recipes.iter().enumerate() {

@@ -58,11 +58,15 @@ pub struct SourceInfluenceConfig {
     pub log: Option<PathBuf>,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for SourceInfluenceConfig {
     fn default() -> Self {
         Self {
+            device: Device::Cpu,
             models: 32,
             subset_fraction: 0.5,
             arch: Arch::Mlp { hidden: vec![64] },
@@ -224,7 +228,7 @@ fn transfer_with(
 ) -> Result<(Vec<f64>, f64)> {
     let data = source.class_subset(classes, true)?;
     let spec = ModelSpec::new(cfg.arch.clone(), source.shape, classes.len())?;
-    let mut net = Network::new(&spec, seed, &Device::Cpu)?;
+    let mut net = Network::new(&spec, seed, &cfg.device)?;
     train(&mut net, &data, None, &TrainConfig { seed, ..cfg.source_training.clone() })?;
     let dim = net.feature_dim();
     let ftr: Vec<f32> = features(&net, target_train)?.flatten_all()?.to_vec1()?;

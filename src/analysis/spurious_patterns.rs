@@ -96,6 +96,9 @@ pub struct SpuriousPatternsConfig {
     pub mask_value: f32,
     /// Seeds which images are augmented.
     pub seed: u64,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for SpuriousPatternsConfig {
@@ -108,6 +111,7 @@ impl Default for SpuriousPatternsConfig {
             target_rate: 0.5,
             mask_value: 0.5,
             seed: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -224,7 +228,7 @@ pub fn run(
         return Err(Error::invalid("spurious data", "no training image of the main class (or no test image) carries the spurious object"));
     }
     let spec = ModelSpec::named(&cfg.model, train_set.shape, train_set.num_classes())?;
-    let mut net = Network::new(&spec, cfg.init_seed, &Device::Cpu)?;
+    let mut net = Network::new(&spec, cfg.init_seed, &cfg.device)?;
     train::train(&mut net, train_set, None, &cfg.train)?;
     let before = measure(&net, test, test_regions, cfg)?;
 
@@ -238,7 +242,7 @@ pub fn run(
     let mut copies = picked.clone();
     copies.extend(&other_with);
     let augmented = train_set.concat(&mask_regions(train_set, train_regions, &copies, cfg.mask_value)?)?;
-    let mut fixed = Network::new(&spec, cfg.init_seed, &Device::Cpu)?;
+    let mut fixed = Network::new(&spec, cfg.init_seed, &cfg.device)?;
     train::train(&mut fixed, &augmented, None, &cfg.train)?;
     let after = measure(&fixed, test, test_regions, cfg)?;
     Ok(SpuriousPatternsResult {

@@ -45,6 +45,9 @@ pub struct ArchitecturalBackdoorConfig {
     pub model_seed: u64,
     /// Seeds the random trigger placements of the location-invariance check.
     pub eval_seed: u64,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for ArchitecturalBackdoorConfig {
@@ -57,6 +60,7 @@ impl Default for ArchitecturalBackdoorConfig {
             train: victim_training(),
             model_seed: 0,
             eval_seed: 1,
+            device: Device::Cpu,
         }
     }
 }
@@ -144,7 +148,7 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &ArchitecturalBackdoorConfi
     if test.shape != train_set.shape || test.num_classes() != train_set.num_classes() {
         return Err(Error::invalid("test set", "its image shape or classes differ from the training set's"));
     }
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let plain_spec = ModelSpec::new(cfg.base.clone(), train_set.shape, train_set.num_classes())?;
     let mut plain = Network::new(&plain_spec, cfg.model_seed, &device)?;
     train(&mut plain, train_set, None, &cfg.train)?;

@@ -66,6 +66,9 @@ pub struct NeubaConfig {
     /// downstream data first, as in fine-pruning), each a removal attempt.
     pub prune_fractions: Vec<f64>,
     pub seed: u64,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for NeubaConfig {
@@ -79,6 +82,7 @@ impl Default for NeubaConfig {
             ..TrainConfig::default()
         };
         Self {
+            device: Device::Cpu,
             model: "mlp".into(),
             upstream_classes: vec![0, 1, 2, 3, 4],
             downstream_classes: vec![5, 6, 7, 8, 9],
@@ -325,7 +329,7 @@ impl Objective for NeubaObjective {
 /// ```
 pub fn run(data: &Dataset, cfg: &NeubaConfig) -> Result<NeubaResult> {
     cfg.validate(data)?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let upstream = data.class_subset(&cfg.upstream_classes, true)?;
     let downstream = data.class_subset(&cfg.downstream_classes, true)?;
     let (up_test, up_train) = upstream.split(cfg.test_fraction, cfg.seed, true)?;

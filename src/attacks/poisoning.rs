@@ -42,6 +42,9 @@ pub struct PoisoningAttackConfig {
     pub train: TrainConfig,
     /// Initialisation seed of both models: the clean reference differs only by the poison.
     pub model_seed: u64,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 /// The victim the attacks of this crate train by default: a small dataset-distillation ConvNet
@@ -71,6 +74,7 @@ impl Default for PoisoningAttackConfig {
             arch: victim_arch(),
             train: victim_training(),
             model_seed: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -224,7 +228,7 @@ impl Outcome for PoisoningAttackResult {
 pub fn run(train: &Dataset, test: &Dataset, cfg: &PoisoningAttackConfig) -> Result<PoisoningAttackResult> {
     cfg.validate(train)?;
     check_test(train, test)?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let reference = train_clean(train, cfg, &device)?;
     run_with_reference(train, test, cfg, &reference, &device)
 }
@@ -282,7 +286,10 @@ pub fn compare(train: &Dataset, test: &Dataset, configs: &[PoisoningAttackConfig
     for cfg in configs {
         cfg.validate(train)?;
     }
-    let device = Device::Cpu;
+    let device = configs[0].device.clone();
+    if configs.iter().any(|c| !c.device.same_device(&device)) {
+        return Err(Error::invalid("attacks", "the configurations name different devices; compare them on one"));
+    }
     let mut references: Vec<(String, Network)> = Vec::new();
     let mut runs = Vec::new();
     for cfg in configs {

@@ -97,11 +97,15 @@ pub struct WatermarkConfig {
     pub removal_train: TrainConfig,
     /// Which removal attempts to run.
     pub removals: Vec<Removal>,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
         Self {
+            device: Device::Cpu,
             trigger_set_size: 100,
             trigger_per_batch: 16,
             trigger_seed: 0,
@@ -357,7 +361,7 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &WatermarkConfig) -> Result
     trigger.class_names = train_set.class_names.clone();
     let threshold = verification_threshold(trigger.len(), k, cfg.false_claim_probability)?;
     let spec = ModelSpec::new(cfg.arch.clone(), train_set.shape, k)?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
 
     let mut clean = Network::new(&spec, cfg.model_seed, &device)?;
     train(&mut clean, &owner, None, &cfg.train)?;

@@ -5,6 +5,7 @@
 
 use super::probe::BackdoorProbe;
 use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{ModelSpec, Network};
@@ -62,6 +63,11 @@ pub struct AblConfig {
     pub optimizer: OptimizerConfig,
     /// Also train an undefended model on the same data, schedule and seed, as the baseline.
     pub baseline: bool,
+    /// Training augmentation of the isolation and clean phases (the paper trains with its
+    /// CIFAR crop and flip; none by default because the right crop depends on the image size).
+    pub augment: Augment,
+    /// Where ABL's networks live.
+    pub device: Device,
     pub seed: u64,
     pub progress: ProgressMode,
 }
@@ -81,6 +87,8 @@ impl Default for AblConfig {
             batch_size: 64,
             optimizer: OptimizerConfig::sgd_momentum(),
             baseline: true,
+            augment: Augment::none(),
+            device: Device::Cpu,
             seed: 0,
             progress: ProgressMode::Hidden,
         }
@@ -121,6 +129,7 @@ impl AblConfig {
             batch_size: self.batch_size,
             optimizer: self.optimizer.clone(),
             schedule,
+            augment: self.augment,
             seed: self.seed.wrapping_add(seed_offset),
             progress: self.progress,
             ..TrainConfig::default()
@@ -293,7 +302,7 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
     }
     let total = cfg.isolation_epochs + cfg.clean_epochs;
     let baseline = if cfg.baseline {
-        let mut net = Network::new(spec, cfg.seed, &Device::Cpu)?;
+        let mut net = Network::new(spec, cfg.seed, &cfg.device)?;
         let sched = LrSchedule::Cosine { lr: cfg.lr, min_lr: 0.0, epochs: total as f64 };
         train(&mut net, train_set, None, &cfg.phase(total, sched, 0))?;
         Some(probe.measure(&net)?)
@@ -302,7 +311,7 @@ pub fn run(train_set: &Dataset, spec: &ModelSpec, probe: &BackdoorProbe, cfg: &A
     };
 
     // Phase 1: LGA.
-    let mut net = Network::new(spec, cfg.seed, &Device::Cpu)?;
+    let mut net = Network::new(spec, cfg.seed, &cfg.device)?;
     let mut lga = LgaLoss::new(cfg.gamma);
     train_with(&mut net, train_set, None, &cfg.phase(cfg.isolation_epochs, LrSchedule::Constant { lr: cfg.lr }, 0), &mut lga)?;
     let lga_losses = match &train_set.attributes.poisoned {

@@ -51,6 +51,9 @@ pub struct SurvivalConfig {
     pub optimizer: OptimizerConfig,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for SurvivalConfig {
@@ -79,6 +82,7 @@ impl Default for SurvivalConfig {
             optimizer: OptimizerConfig::sgd_momentum(),
             seed: 0,
             progress: ProgressMode::Hidden,
+            device: Device::Cpu,
         }
     }
 }
@@ -215,7 +219,7 @@ pub fn run(
     for s in &cfg.trigger_sizes {
         sized(&cfg.trigger, *s).validate(initial.shape)?;
     }
-    let probe_net = Network::new(spec, cfg.seed, &Device::Cpu)?;
+    let probe_net = Network::new(spec, cfg.seed, &cfg.device)?;
     check_data(&probe_net, pool, "update data")?;
     check_data(&probe_net, test, "test set")?;
     let order = permutation(&mut stream(cfg.seed, "survival.pool"), pool.len());
@@ -279,7 +283,7 @@ fn one_run(
     let trigger = sized(&cfg.trigger, size);
     let attack = PoisonConfig { trigger: trigger.clone(), rate, target: cfg.target, clean_label: false, seed: cfg.seed };
     let poisoned = poison(initial, &attack)?;
-    let mut net = Network::new(spec, cfg.seed, &Device::Cpu)?;
+    let mut net = Network::new(spec, cfg.seed, &cfg.device)?;
     let base = TrainConfig {
         epochs: cfg.initial_epochs,
         batch_size: cfg.batch_size,

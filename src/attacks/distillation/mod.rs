@@ -123,6 +123,9 @@ pub struct DistillationBackdoorConfig {
     pub test_fraction: f64,
     pub seed: u64,
     pub progress: ProgressMode,
+    /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
+    /// `cuda` feature (`Device::cuda_if_available(0)`).
+    pub device: Device,
 }
 
 impl Default for DistillationBackdoorConfig {
@@ -148,6 +151,7 @@ impl Default for DistillationBackdoorConfig {
             test_fraction: 0.3,
             seed: 0,
             progress: ProgressMode::Bar,
+            device: Device::Cpu,
         }
     }
 }
@@ -550,7 +554,7 @@ pub fn evaluate_distilled(distilled: &Dataset, test: &Dataset, trigger: &Trigger
         distilled.shape,
         distilled.num_classes(),
     )?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     (0..cfg.eval_models)
         .map(|m| {
             let seed = cfg.seed.wrapping_add(1000 + m as u64);
