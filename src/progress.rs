@@ -32,6 +32,8 @@ struct LineState {
     start_pos: u64,
     started: Instant,
     next_report: u64,
+    /// Steps between line reports.
+    interval: u64,
     message: String,
 }
 
@@ -63,10 +65,22 @@ impl Progress {
                 start_pos: 0,
                 started: Instant::now(),
                 next_report: total.div_ceil(10).max(1),
+                interval: total.div_ceil(10).max(1),
                 message: String::new(),
             })),
         };
         Self { sink }
+    }
+
+    /// In line mode (notebooks, logs), report at least every `steps` steps as well as every
+    /// tenth of the way: a long training run then reports once per epoch.
+    pub fn report_every(self, steps: u64) -> Self {
+        if let Sink::Lines(m) = &self.sink {
+            let mut s = m.lock().expect("progress lock");
+            s.interval = s.interval.min(steps.max(1));
+            s.next_report = s.pos + s.interval;
+        }
+        self
     }
 
     /// Advance by `n` steps.
@@ -78,7 +92,7 @@ impl Progress {
                 s.pos += n;
                 if s.pos >= s.next_report || s.pos == s.total {
                     s.report();
-                    let step = s.total.div_ceil(10).max(1);
+                    let step = s.interval;
                     while s.next_report <= s.pos {
                         s.next_report += step;
                     }
@@ -106,6 +120,7 @@ impl Progress {
                 s.pos = pos;
                 s.start_pos = pos;
                 s.started = Instant::now();
+                s.next_report = pos + s.interval;
             }
             Sink::Hidden => {}
         }

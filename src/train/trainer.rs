@@ -59,6 +59,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// A constant-rate run without augmentation: how the defences fine-tune a model on the
+    /// defender's clean data.
+    pub fn constant_rate(epochs: usize, batch_size: usize, optimizer: OptimizerConfig, lr: f64, seed: u64, progress: ProgressMode) -> Self {
+        Self { epochs, batch_size, optimizer, schedule: LrSchedule::Constant { lr }, seed, progress, ..Self::default() }
+    }
+
     fn validate(&self, n: usize) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::invalid("epochs", "must be at least 1"));
@@ -259,7 +265,10 @@ pub fn train_with(
     if vars.is_empty() {
         return Err(Error::invalid("model", "every parameter is frozen; unfreeze something to train"));
     }
+    // Real-scale epochs (hundreds of steps) report in every epoch; short ones every tenth of
+    // the run, so a notebook training 50 tiny epochs prints ten lines, not fifty.
     let progress = Progress::new("train", (cfg.epochs * steps_per_epoch) as u64, cfg.progress);
+    let progress = if steps_per_epoch >= 100 { progress.report_every(steps_per_epoch as u64) } else { progress };
     progress.set_position((start_epoch * steps_per_epoch) as u64);
     let (c, h, w) = data.shape;
     let img = data.image_len();
