@@ -14,12 +14,16 @@ demo: notebook-env
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --show --out runs/notebooks notebooks/00_quickstart.ipynb
     @echo "figures: notebooks/figures/quickstart_metrics.png (.svg); executed notebook: runs/notebooks/00_quickstart.ipynb"
 
+tlab := env("CARGO_TARGET_DIR", justfile_directory() / "target") / "debug/tlab"
+# CIFAR-10 by its hub id, offline: ../shared/data/cifar10-jpeg served as `uoft-cs/cifar10`.
+with_cifar := "tests/with_cifar_hub.sh " + tlab
+
 # The whole test suite: unit, integration and documentation tests, then every notebook headless.
 test: notebook-env
-    cargo build --benches
-    cargo test --lib --bins --tests --no-fail-fast
+    cargo build --benches --bins
+    {{with_cifar}} cargo test --lib --bins --tests --no-fail-fast
     cargo test --doc
-    {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
+    {{with_cifar}} {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb
 
 # Set up the notebook environment and open JupyterLab on notebooks/.
@@ -50,6 +54,21 @@ mnist:
     cargo run --bin tlab -- train --model badnets-cnn --epochs 15 --batch-size 64 --lr 0.05 \
         --data idx:../shared/data/mnist-t10k/t10k-images-idx3-ubyte.gz,../shared/data/mnist-t10k/t10k-labels-idx1-ubyte.gz \
         --test-fraction 0.2 --out runs/mnist-badnets-cnn.safetensors
+
+# BackdoorBench's CIFAR-10 setting (a benchmark, hours on 2 cores): BadNets and Blended on
+# CIFAR-10 (by hub id; ../shared/data/cifar10-jpeg served offline), ResNet-20, then FT, FP, NC
+# and ABL. Resumable: rerun after a kill. Results in runs/backdoorbench, copied with the
+# command and its wall time to benches/results/backdoorbench/.
+backdoorbench *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --bin tlab
+    start=$(date +%s)
+    {{with_cifar}} {{tlab}} backdoorbench --out runs/backdoorbench {{ARGS}}
+    end=$(date +%s)
+    mkdir -p benches/results/backdoorbench
+    cp runs/backdoorbench/table.csv runs/backdoorbench/table.parquet runs/backdoorbench/figure.png benches/results/backdoorbench/
+    echo "just backdoorbench {{ARGS}}: this invocation $((end - start)) s (a resumed run adds to earlier ones; per-cell seconds are in the table)" >> benches/results/backdoorbench/RUNS.txt
 
 # Training and inference speed and peak memory against PyTorch CPU (pip, in .venv-bench),
 # interleaved A/B, median of 5 rounds. Built with the dev profile the tests and the CLI use

@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod attacks;
+pub mod benchmark;
 pub mod data;
 pub mod defenses;
 pub mod error;

@@ -115,3 +115,26 @@ fn gray_mnist_without_a_card_uses_default_columns() {
     assert_eq!(got.labels, ds.labels);
     assert_eq!(got.num_classes(), 5);
 }
+
+/// CIFAR-10 by its hub id, as a user online loads it. `just test` serves the JPEG copy in
+/// ../shared/data/cifar10-jpeg as `uoft-cs/cifar10` on a loopback hub and says so in
+/// `TLAB_CIFAR_HUB`; without it (no shared data), the offline error must say how to get it.
+#[test]
+fn cifar10_loads_by_hub_id_or_says_how_to_get_it() {
+    if std::env::var("TLAB_CIFAR_HUB").is_ok() {
+        let hub = Hub::from_env();
+        let started = std::time::Instant::now();
+        let test = load_dataset(&hub, &DatasetRequest::new("uoft-cs/cifar10", "test")).unwrap();
+        let train = load_dataset(&hub, &DatasetRequest::new("uoft-cs/cifar10", "train")).unwrap();
+        println!("60,000 CIFAR-10 images loaded in {:.1} s", started.elapsed().as_secs_f64());
+        assert_eq!((train.len(), test.len()), (50_000, 10_000));
+        assert_eq!(train.shape, (3, 32, 32));
+        assert_eq!(train.class_names[0], "airplane");
+        assert_eq!(train.class_counts(), vec![5000; 10]);
+        assert!(train.pixels().iter().all(|p| (0.0..=1.0).contains(p)));
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_dataset(&hub_offline("http://127.0.0.1:9", dir.path()), &DatasetRequest::new("uoft-cs/cifar10", "test")).unwrap_err().to_string();
+        assert!(err.contains("tlab fetch") && err.contains("uoft-cs/cifar10") && err.contains("serve-hub --dataset uoft-cs/cifar10="), "{err}");
+    }
+}

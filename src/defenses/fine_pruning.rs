@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::models::{Arch, LoadMode, Network};
 use crate::report::{Chart, Figure, LineChart, Outcome};
 use crate::train::evaluate::fraction_equal;
-use crate::train::{cross_entropy, train_with, Objective, OptimizerConfig, ProgressMode, Step, TrainConfig, LrSchedule};
+use crate::train::{cross_entropy, train_with, Objective, OptimizerConfig, ProgressMode, Step, TrainConfig};
 use candle_core::{Device, Tensor, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
@@ -261,15 +261,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &FinePrun
     model.unfreeze_all();
     bake_pruning(&mut model, &mask)?;
     let pruned_metrics = probe.measure(&model)?;
-    let tc = TrainConfig {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        optimizer: cfg.optimizer.clone(),
-        schedule: LrSchedule::Constant { lr: cfg.lr },
-        seed: cfg.seed,
-        progress: cfg.progress,
-        ..TrainConfig::default()
-    };
+    let tc = TrainConfig::constant_rate(cfg.epochs, cfg.batch_size, cfg.optimizer.clone(), cfg.lr, cfg.seed, cfg.progress);
     let mut objective = MaskedHead { mask: Tensor::from_slice(&mask, (1, mask.len()), model.device())? };
     train_with(&mut model, clean, None, &tc, &mut objective)?;
     // Weight decay moved the pruned columns off zero; they never reached the logits.

@@ -8,6 +8,7 @@ mod probe;
 pub mod abl;
 pub mod fine_pruning;
 pub mod fine_tuning;
+pub mod nc_unlearning;
 pub mod survival;
 pub mod trigger_inversion;
 
@@ -15,5 +16,6 @@ pub use probe::{check_data, BackdoorProbe};
 pub use abl::{AblConfig, AblResult};
 pub use fine_pruning::{FinePruningConfig, FinePruningResult};
 pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
+pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
 pub use survival::{SurvivalConfig, SurvivalResult};
 pub use trigger_inversion::{InversionConfig, NaturalBackdoorResult, NeuralCleanseResult};

@@ -212,7 +212,7 @@ fn available_splits(files: &[String]) -> Vec<String> {
 /// ```
 pub fn load_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Dataset> {
     let repo = req.repo();
-    let files = fetch_split(hub, req)?;
+    let files = fetch_split(hub, req).map_err(|e| with_local_copy_hint(e, &req.id))?;
     let features = match hub.info(&repo)?.files.iter().any(|f| f == "README.md") {
         true => {
             let readme = hub.get(&repo, "README.md")?;
@@ -240,6 +240,17 @@ pub fn load_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Dataset> {
         });
     }
     out.ok_or_else(|| Error::invalid("hub dataset", format!("{} has no rows in split {:?}", req.id, req.split)))
+}
+
+/// Unreachable or offline: say how to serve a local copy too (a folder in the hub layout,
+/// such as ../shared/data/cifar10-jpeg for `uoft-cs/cifar10`).
+fn with_local_copy_hint(e: Error, id: &str) -> Error {
+    match e {
+        Error::Hub(h @ (HubError::OfflineMissing { .. } | HubError::Network { .. })) => {
+            HubError::DatasetUnavailable { id: id.to_string(), cause: h.to_string() }.into()
+        }
+        other => other,
+    }
 }
 
 /// Download (or find in the cache) the Parquet shards of a split; their local paths.

@@ -36,6 +36,12 @@ pub enum HubError {
              file was deleted; run again to download it afresh")]
     Corrupt { repo: String, file: String, expected: String, got: String },
 
+    /// A dataset that neither the hub nor the cache can provide (offline or unreachable).
+    #[error("{cause}. Without network, a local copy in the hub layout of {id} (its Parquet shards \
+             and README.md) serves as well: `tlab serve-hub --dataset {id}=DIR`, then set \
+             HF_ENDPOINT to the address it prints")]
+    DatasetUnavailable { id: String, cause: String },
+
     /// An id that the registry does not know.
     #[error("unknown {what} {id:?}. {hint}")]
     Unknown { what: &'static str, id: String, hint: String },

@@ -100,6 +100,17 @@ impl Sweep {
         Ok(configs.iter().filter(|c| !done.iter().any(|(k, _)| *k == key_of(c))).cloned().collect())
     }
 
+    /// Every logged run as its full row (configuration and metrics), in log order.
+    pub fn rows(&self) -> Result<Vec<SweepConfig>> {
+        Ok(self.finished()?.into_iter().map(|(_, row)| row).collect())
+    }
+
+    /// The logged row of `config`, if it has run.
+    pub fn row_of(&self, config: &SweepConfig) -> Result<Option<SweepConfig>> {
+        let key = key_of(config);
+        Ok(self.finished()?.into_iter().find(|(k, _)| *k == key).map(|(_, row)| row))
+    }
+
     /// The runs already logged: (configuration key, full row). A last line cut short by a
     /// kill is ignored, so that run is simply done again.
     fn finished(&self) -> Result<Vec<(String, SweepConfig)>> {

@@ -1,11 +1,15 @@
 //! `tlab`: scripted runs of transferlab from the command line.
 
+mod backdoorbench;
 mod demo;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use transferlab::attacks::{evaluate_backdoor, metrics_table, poison, PoisonConfig, TargetMode, Trigger};
+use transferlab::attacks::{evaluate_backdoor, metrics_table, poison, Placement, PoisonConfig, TargetMode, Trigger};
+use transferlab::data::transforms::Augment;
+use transferlab::models::InputNorm;
+use transferlab::runtime::parse_device;
 use transferlab::data::DataSource;
 use transferlab::models::{ModelSpec, Network, MODEL_NAMES};
 use transferlab::report::save_table;
@@ -50,13 +54,23 @@ enum Command {
         #[arg(long)]
         split: Option<String>,
     },
-    /// Train a model, optionally on BadNets-poisoned data.
+    /// Train a model, optionally on poisoned data (BadNets or Blended).
     Train {
         #[command(flatten)]
         data: DataArgs,
         /// Registry name (see `tlab models`).
         #[arg(long, default_value = "convnet")]
         model: String,
+        /// Input normalisation inside the model: cifar10, imagenet or MEANS/STDS
+        /// (e.g. 0.5,0.5,0.5/0.25,0.25,0.25); data and triggers stay in [0, 1].
+        #[arg(long)]
+        normalize: Option<String>,
+        /// Random crop (padding 4) and horizontal flip while training.
+        #[arg(long)]
+        augment: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         #[arg(long, default_value_t = 20)]
         epochs: usize,
         #[arg(long, default_value_t = 64)]
@@ -71,7 +85,7 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         attack: AttackArgs,
-        /// Fraction of the BadNets-poisoned training set (0 trains clean).
+        /// Fraction of the training set poisoned with the trigger (0 trains clean).
         #[arg(long, default_value_t = 0.0)]
         poison_rate: f64,
         /// Checkpoint after each epoch and resume from it.
@@ -84,23 +98,68 @@ enum Command {
         #[arg(long)]
         table: Option<PathBuf>,
     },
-    /// Evaluate saved weights: clean accuracy, and ASR/RA when a trigger is given.
+    /// Evaluate weights: clean accuracy, and CA/ASR/RA when --triggered. Our own weights carry
+    /// their model; a foreign .pth/.safetensors needs --model (and --normalize if it was
+    /// trained on normalised inputs).
     Eval {
         #[command(flatten)]
         data: DataArgs,
         #[arg(long)]
         weights: PathBuf,
+        /// Registry name of the architecture, for weights that do not carry a transferlab spec.
+        #[arg(long)]
+        model: Option<String>,
+        /// Input normalisation the weights were trained with (cifar10, imagenet, MEANS/STDS).
+        #[arg(long)]
+        normalize: Option<String>,
+        /// Drop wrapper prefixes from tensor names: `module.` (DataParallel) and a leading
+        /// `N.` (an nn.Sequential wrapper such as `Sequential(Normalize, net)`).
+        #[arg(long)]
+        unwrap_sequential: bool,
         #[command(flatten)]
         attack: AttackArgs,
-        /// Measure ASR/RA for the BadNets trigger as well.
+        /// Measure ASR/RA for the trigger as well.
         #[arg(long)]
         triggered: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// BackdoorBench's CIFAR-10 setting: BadNets and Blended against FT, FP, NC and ABL
+    /// (resumable; writes table.parquet, table.csv and figure.png under --out).
+    Backdoorbench {
+        #[arg(long, default_value = "runs/backdoorbench")]
+        out: PathBuf,
+        /// Registry name of the victim.
+        #[arg(long, default_value = "resnet20")]
+        model: String,
+        /// Training epochs of each attacked model.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Use only this many training / test images per class (all by default).
+        #[arg(long)]
+        train_per_class: Option<usize>,
+        #[arg(long)]
+        test_per_class: Option<usize>,
+        /// Only these attacks (comma-separated: badnets, blended, clean).
+        #[arg(long, default_value = "badnets,blended")]
+        attacks: String,
+        /// Only these defences (comma-separated: ft, fp, nc, abl).
+        #[arg(long, default_value = "ft,fp,nc,abl")]
+        defences: String,
+        /// Print the table as it stands without running anything.
+        #[arg(long)]
+        status: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
 #[derive(clap::Args)]
 struct DataArgs {
-    /// digits, synthetic, idx:IMAGES,LABELS, cifar10:FILES, cifar100:FILES, folder:DIR, parquet:FILE.
+    /// digits, synthetic, idx:IMAGES,LABELS, cifar10:FILES, cifar100:FILES, folder:DIR,
+    /// parquet:FILE, or hub:ID (a hub dataset such as hub:uoft-cs/cifar10, its train and test
+    /// splits; --test-fraction is ignored).
     #[arg(long, default_value = "digits")]
     data: String,
     /// Hold out this fraction (stratified, seeded) as the test split; 0 uses all data.
@@ -113,12 +172,54 @@ struct DataArgs {
 
 #[derive(clap::Args)]
 struct AttackArgs {
-    /// Side of the BadNets square trigger (bottom-right, white).
+    /// badnets (a square patch) or blended (a noise pattern blended into the whole image).
+    #[arg(long, default_value = "badnets")]
+    attack: String,
+    /// Side of the BadNets patch.
     #[arg(long, default_value_t = 3)]
     trigger_size: usize,
+    /// Where the patch goes: bottom-right, bottom-left, top-right, top-left, random.
+    #[arg(long, default_value = "bottom-right")]
+    trigger_placement: String,
+    /// What the patch looks like: white or checkerboard.
+    #[arg(long, default_value = "white")]
+    trigger_pattern: String,
+    /// Blended's mixing weight of the pattern.
+    #[arg(long, default_value_t = 0.2)]
+    blend_alpha: f32,
     /// Target class of the all-to-one attack.
     #[arg(long, default_value_t = 0)]
     target: u32,
+}
+
+impl AttackArgs {
+    fn trigger(&self) -> Result<Trigger> {
+        match self.attack.as_str() {
+            "blended" => Ok(Trigger::blend_noise(0, self.blend_alpha)),
+            "badnets" => {
+                let base = match self.trigger_pattern.as_str() {
+                    "white" => Trigger::badnets(self.trigger_size),
+                    "checkerboard" => Trigger::checkerboard(self.trigger_size),
+                    other => return Err(transferlab::Error::invalid("trigger pattern", format!("{other:?}; use white or checkerboard"))),
+                };
+                let placement = match self.trigger_placement.as_str() {
+                    "bottom-right" => Placement::BottomRight,
+                    "bottom-left" => Placement::BottomLeft,
+                    "top-right" => Placement::TopRight,
+                    "top-left" => Placement::TopLeft,
+                    "random" => Placement::Random,
+                    other => {
+                        return Err(transferlab::Error::invalid(
+                            "trigger placement",
+                            format!("{other:?}; use bottom-right, bottom-left, top-right, top-left or random"),
+                        ))
+                    }
+                };
+                Ok(base.at(placement))
+            }
+            other => Err(transferlab::Error::invalid("attack", format!("{other:?}; use badnets or blended"))),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -132,6 +233,11 @@ fn main() -> ExitCode {
 }
 
 fn split(args: &DataArgs) -> Result<(transferlab::data::Dataset, transferlab::data::Dataset)> {
+    if let Some(id) = args.data.strip_prefix("hub:") {
+        let hub = transferlab::hub::Hub::from_env();
+        let load = |split: &str| transferlab::hub::load_dataset(&hub, &transferlab::hub::DatasetRequest::new(id, split));
+        return Ok((load("train")?, load("test")?));
+    }
     let data = DataSource::parse(&args.data)?.load()?;
     if args.test_fraction == 0.0 {
         return Ok((data.clone(), data));
@@ -191,17 +297,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train { data, model, epochs, batch_size, lr, optimizer, seed, attack, poison_rate, checkpoint, out, table } => {
+        Command::Train { data, model, normalize, augment, device, epochs, batch_size, lr, optimizer, seed, attack, poison_rate, checkpoint, out, table } => {
+            let device = parse_device(&device)?;
+            let trigger = attack.trigger()?;
             let (train_set, test_set) = split(&data)?;
             let poisoned = if poison_rate > 0.0 {
-                let mut cfg = PoisonConfig::badnets(attack.trigger_size, poison_rate, attack.target);
-                cfg.seed = seed;
+                let cfg = PoisonConfig { trigger: trigger.clone(), seed, ..PoisonConfig::badnets(attack.trigger_size, poison_rate, attack.target) };
                 poison(&train_set, &cfg)?
             } else {
                 train_set
             };
-            let spec = ModelSpec::named(&model, poisoned.shape, poisoned.num_classes())?;
-            let mut net = Network::new(&spec, seed, &candle_core::Device::Cpu)?;
+            let spec = with_normalization(ModelSpec::named(&model, poisoned.shape, poisoned.num_classes())?, normalize.as_deref())?;
+            let mut net = Network::new(&spec, seed, &device)?;
             let optimizer = match optimizer.as_str() {
                 "sgd" => OptimizerConfig::sgd_momentum(),
                 "adamw" => OptimizerConfig::adamw(),
@@ -214,13 +321,14 @@ fn run(cli: Cli) -> Result<()> {
                 schedule: LrSchedule::Cosine { lr, min_lr: 0.0, epochs: epochs as f64 },
                 seed,
                 checkpoint,
+                augment: if augment { Augment::cifar() } else { Augment::none() },
                 ..TrainConfig::default()
             };
             let history = train(&mut net, &poisoned, Some(&test_set), &cfg)?;
             println!("{}", history.to_dataframe()?);
             net.save(&out)?;
             let target = TargetMode::AllToOne { target: attack.target };
-            let m = evaluate_backdoor(&net, &test_set, &Trigger::badnets(attack.trigger_size), &target, seed)?;
+            let m = evaluate_backdoor(&net, &test_set, &trigger, &target, seed)?;
             let df = metrics_table(&[(model.clone(), m)])?;
             println!("{df}");
             if let Some(t) = table {
@@ -229,12 +337,30 @@ fn run(cli: Cli) -> Result<()> {
             println!("weights written to {}", out.display());
             Ok(())
         }
-        Command::Eval { data, weights, attack, triggered } => {
+        Command::Eval { data, weights, model, normalize, unwrap_sequential, attack, triggered, device } => {
+            let device = parse_device(&device)?;
             let (_, test_set) = split(&data)?;
-            let net = Network::from_file(&weights, &candle_core::Device::Cpu)?;
+            let net = match model {
+                None if normalize.is_none() && !unwrap_sequential => Network::from_file(&weights, &device)?,
+                None => {
+                    return Err(transferlab::Error::invalid(
+                        "eval",
+                        "--normalize and --unwrap-sequential apply to foreign weights: give --model NAME too",
+                    ))
+                }
+                Some(name) => {
+                    let spec = with_normalization(ModelSpec::named(&name, test_set.shape, test_set.num_classes())?, normalize.as_deref())?;
+                    Network::from_foreign(&weights, &spec, &device, unwrap_sequential).map_err(|e| match e {
+                        transferlab::Error::WeightMismatch(m) if !unwrap_sequential => {
+                            transferlab::Error::WeightMismatch(format!("{m} (wrapped in an nn.Sequential? try --unwrap-sequential)"))
+                        }
+                        other => other,
+                    })?
+                }
+            };
             if triggered {
                 let target = TargetMode::AllToOne { target: attack.target };
-                let m = evaluate_backdoor(&net, &test_set, &Trigger::badnets(attack.trigger_size), &target, 0)?;
+                let m = evaluate_backdoor(&net, &test_set, &attack.trigger()?, &target, 0)?;
                 println!("{}", metrics_table(&[(weights.display().to_string(), m)])?);
             } else {
                 let ca = transferlab::train::accuracy(&net, &test_set)?;
@@ -242,5 +368,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Backdoorbench { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device } => {
+            backdoorbench::run(backdoorbench::Args { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device })
+        }
+    }
+}
+
+fn with_normalization(spec: ModelSpec, normalize: Option<&str>) -> Result<ModelSpec> {
+    match normalize {
+        Some(n) => spec.normalized(InputNorm::parse(n)?),
+        None => Ok(spec),
     }
 }

@@ -1,0 +1,541 @@
+//! BackdoorBench's CIFAR-10 setting: each attack's model trained once, every defence applied to
+//! it, one row per (attack, defence, seed), resumable.
+//!
+//! Durability: each attacked model checkpoints every epoch and is saved (atomically) when
+//! trained; each finished cell is appended to `cells.jsonl` in the output folder, keyed by
+//! a fingerprint of the data, model, recipe, attack, defence, seed and crate version. A rerun
+//! after a kill skips finished cells and trained models and resumes a model mid-training; a
+//! change to any setting changes the fingerprint, so stale rows are never reused.
+
+use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, TargetMode, Trigger};
+use crate::data::transforms::Augment;
+use crate::data::Dataset;
+use crate::defenses::{abl, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, FinePruningConfig, FineTuningConfig, NcUnlearningConfig};
+use crate::error::{Error, Result};
+use crate::hub::{load_dataset, DatasetRequest, Hub};
+use crate::models::{InputNorm, ModelSpec, Network};
+use crate::progress::{Progress, ProgressMode};
+use crate::report::{BarChart, Chart, Figure, Outcome, Sweep, SweepConfig};
+use crate::train::{train, History, LrSchedule, OptimizerConfig, TrainConfig};
+use candle_core::Device;
+use polars::prelude::{DataFrame, NamedFrom, Series};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::published::published;
+
+/// One attack of the benchmark: a name and how it poisons the training set. The ASR probe uses
+/// the same trigger and target on the test set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchAttack {
+    /// Short lower-case name (`badnets`, `blended`, `clean`), the table's `attack` column.
+    pub name: String,
+    pub poison: PoisonConfig,
+}
+
+impl BenchAttack {
+    /// BackdoorBench's BadNets: a 3x3 white patch in the bottom-right corner, 10 % of the
+    /// training set relabelled to class 0.
+    pub fn badnets() -> Self {
+        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0) }
+    }
+
+    /// BackdoorBench's Blended: a full-image pattern blended at alpha 0.2, 10 %, target 0.
+    /// BackdoorBench blends a Hello Kitty photograph; we blend uniform noise from a fixed seed
+    /// (Chen et al.'s other pattern), which ships with no image licence.
+    pub fn blended() -> Self {
+        let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
+        Self { name: "blended".into(), poison }
+    }
+
+    /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
+    /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
+    pub fn clean() -> Self {
+        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) } }
+    }
+
+    fn is_clean(&self) -> bool {
+        self.poison.rate == 0.0
+    }
+}
+
+/// One defence of the benchmark, with its configuration.
+#[derive(Debug, Clone)]
+pub enum BenchDefence {
+    /// Fine-tuning on the defender's clean data (standard schedule of
+    /// [`crate::defenses::fine_tuning`]).
+    FineTuning(FineTuningConfig),
+    /// Fine-pruning (Liu et al. 2018).
+    FinePruning(FinePruningConfig),
+    /// Neural Cleanse detection and unlearning (Wang et al. 2019).
+    NeuralCleanse(NcUnlearningConfig),
+    /// Anti-backdoor learning (Li et al. 2021): trains its own model on the poisoned data.
+    Abl(AblConfig),
+}
+
+impl BenchDefence {
+    /// The table's `defence` column: `ft`, `fp`, `nc`, `abl` (BackdoorBench's names).
+    pub fn name(&self) -> &'static str {
+        match self {
+            BenchDefence::FineTuning(_) => "ft",
+            BenchDefence::FinePruning(_) => "fp",
+            BenchDefence::NeuralCleanse(_) => "nc",
+            BenchDefence::Abl(_) => "abl",
+        }
+    }
+
+    /// Whether the defence trains its own model from the poisoned data instead of working on
+    /// the trained one.
+    pub fn retrains(&self) -> bool {
+        matches!(self, BenchDefence::Abl(_))
+    }
+
+    fn settings(&self) -> String {
+        // Progress display is not part of what a cell computes.
+        match self {
+            BenchDefence::FineTuning(c) => format!("{:?}", FineTuningConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::FinePruning(c) => format!("{:?}", FinePruningConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::NeuralCleanse(c) => {
+                let mut c = c.clone();
+                c.progress = ProgressMode::Hidden;
+                c.inversion.progress = ProgressMode::Hidden;
+                format!("{c:?}")
+            }
+            BenchDefence::Abl(c) => format!("{:?}", AblConfig { progress: ProgressMode::Hidden, device: Device::Cpu, ..c.clone() }),
+        }
+    }
+}
+
+/// The benchmark: which data, model, training recipe, attacks and defences.
+///
+/// [`Default`] is BackdoorBench's CIFAR-10 setting as it fits 2 CPU cores: CIFAR-10 by hub
+/// id, CIFAR ResNet-20 (BackdoorBench's PreAct-ResNet-18 is 40x the compute; use it on a GPU)
+/// with the CIFAR statistics inside the model, SGD (momentum 0.9, weight decay 5e-4), lr 0.1
+/// cosine-annealed over 20 epochs (BackdoorBench: 0.01 over 100 epochs for PreAct-ResNet-18),
+/// batch 128, random crop (padding 4) and flip; BadNets and Blended at 10 %, target 0; the
+/// defender holds 5 % of the clean training set; FT, FP, NC and ABL. ABL trains its own model
+/// in the attacked model's budget: 5 LGA isolation epochs, 15 on the rest, 5 unlearning
+/// epochs at 5e-4 (BackdoorBench: 10 + 60 + 5 against 100 training epochs).
+#[derive(Debug, Clone)]
+pub struct BackdoorBenchConfig {
+    /// Hub id of an image-classification dataset with `train` and `test` splits.
+    pub dataset: String,
+    /// Use only this many training images per class (a stratified, seeded sample); all if `None`.
+    pub train_per_class: Option<usize>,
+    /// Use only this many test images per class; all if `None`.
+    pub test_per_class: Option<usize>,
+    /// Registry name of the victim architecture (see [`crate::models::MODEL_NAMES`]).
+    pub model: String,
+    /// The model's input normalisation (data, triggers and budgets stay in [0, 1]).
+    pub normalize: Option<InputNorm>,
+    pub attacks: Vec<BenchAttack>,
+    pub defences: Vec<BenchDefence>,
+    /// How every attacked model trains (its `checkpoint` is set by the benchmark).
+    pub train: TrainConfig,
+    /// Fraction of the clean training set the defender holds (BackdoorBench: 5 %).
+    pub defender_fraction: f64,
+    pub seed: u64,
+    pub device: Device,
+    /// Models, checkpoints, the cell log, the table (`table.parquet`, `table.csv`) and the figure.
+    pub out_dir: PathBuf,
+    pub progress: ProgressMode,
+}
+
+impl Default for BackdoorBenchConfig {
+    fn default() -> Self {
+        let ft = FineTuningConfig { augment: Augment::cifar(), ..FineTuningConfig::default() };
+        let nc = NcUnlearningConfig { augment: Augment::cifar(), ..NcUnlearningConfig::default() };
+        let abl = AblConfig {
+            isolation_epochs: 5,
+            clean_epochs: 15,
+            unlearning_epochs: 5,
+            batch_size: 128,
+            augment: Augment::cifar(),
+            baseline: false,
+            ..AblConfig::default()
+        };
+        Self {
+            dataset: "uoft-cs/cifar10".into(),
+            train_per_class: None,
+            test_per_class: None,
+            model: "resnet20".into(),
+            normalize: Some(InputNorm::parse("cifar10").expect("known statistics")),
+            attacks: vec![BenchAttack::badnets(), BenchAttack::blended()],
+            defences: vec![
+                BenchDefence::FineTuning(ft),
+                BenchDefence::FinePruning(FinePruningConfig::default()),
+                BenchDefence::NeuralCleanse(nc),
+                BenchDefence::Abl(abl),
+            ],
+            train: TrainConfig {
+                epochs: 20,
+                batch_size: 128,
+                optimizer: OptimizerConfig::sgd_momentum(),
+                schedule: LrSchedule::Cosine { lr: 0.1, min_lr: 0.0, epochs: 20.0 },
+                augment: Augment::cifar(),
+                ..TrainConfig::default()
+            },
+            defender_fraction: 0.05,
+            seed: 0,
+            device: Device::Cpu,
+            out_dir: PathBuf::from("runs/backdoorbench"),
+            progress: ProgressMode::Bar,
+        }
+    }
+}
+
+/// Whether a cell of the table has a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellStatus {
+    Done,
+    /// Not (yet) computed: still to run, or running now. Its metrics are empty, never guessed.
+    Pending,
+}
+
+/// One (attack, defence, seed) cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchCell {
+    pub attack: String,
+    /// `none` for the undefended model.
+    pub defence: String,
+    pub seed: u64,
+    pub status: CellStatus,
+    pub metrics: Option<BackdoorMetrics>,
+    /// Defence effectiveness rate against the undefended model (defended cells only).
+    pub der: Option<f64>,
+    /// Wall time of the cell (for `none`: training the model).
+    pub seconds: Option<f64>,
+}
+
+/// The benchmark table, with BackdoorBench's published numbers beside ours.
+#[derive(Debug, Clone)]
+pub struct BackdoorBenchResult {
+    pub cells: Vec<BenchCell>,
+    /// Per attacked model, its training history (empty where the model was trained by an
+    /// earlier run and loaded).
+    pub histories: Vec<(String, History)>,
+}
+
+impl BackdoorBenchConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.defender_fraction > 0.0 && self.defender_fraction < 1.0) {
+            return Err(Error::invalid("defender fraction", format!("{} must be in (0, 1)", self.defender_fraction)));
+        }
+        if self.attacks.is_empty() {
+            return Err(Error::invalid("benchmark", "no attack given; add BenchAttack::badnets() or another"));
+        }
+        let mut names: Vec<&str> = self.attacks.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != self.attacks.len() {
+            return Err(Error::invalid("benchmark", "two attacks share a name; give each a distinct name"));
+        }
+        Ok(())
+    }
+
+    /// Everything a trained model depends on, as text (hashed into file names and cell keys).
+    fn model_settings(&self, attack: &BenchAttack) -> String {
+        let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
+        format!(
+            "v{}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}|defender={}|seed={}",
+            env!("CARGO_PKG_VERSION"),
+            self.dataset,
+            self.train_per_class,
+            self.test_per_class,
+            self.model,
+            self.normalize,
+            train,
+            attack.poison,
+            self.defender_fraction,
+            self.seed
+        )
+    }
+
+    fn cell_key(&self, attack: &BenchAttack, defence: &str, settings: &str) -> SweepConfig {
+        let mut c = SweepConfig::new();
+        c.insert("attack".into(), Value::from(attack.name.clone()));
+        c.insert("defence".into(), Value::from(defence));
+        c.insert("seed".into(), Value::from(self.seed));
+        c.insert("fingerprint".into(), Value::from(short_hash(&format!("{}|{defence}|{settings}", self.model_settings(attack)))));
+        c
+    }
+
+    /// The planned cells: per attack, `none` then each defence (the clean model only `none`).
+    fn plan(&self) -> Vec<(usize, String, String)> {
+        let mut out = Vec::new();
+        for (a, attack) in self.attacks.iter().enumerate() {
+            out.push((a, "none".to_string(), String::new()));
+            if !attack.is_clean() {
+                for d in &self.defences {
+                    out.push((a, d.name().to_string(), d.settings()));
+                }
+            }
+        }
+        out
+    }
+
+    fn sweep(&self) -> Sweep {
+        Sweep::new(self.out_dir.join("cells.jsonl"))
+    }
+
+    fn model_path(&self, attack: &BenchAttack, ext: &str) -> PathBuf {
+        let tag = short_hash(&self.model_settings(attack));
+        self.out_dir.join("models").join(format!("{}-seed{}-{tag}.{ext}", attack.name, self.seed))
+    }
+}
+
+/// Run the benchmark (or resume it): train each attacked model unless already trained, apply
+/// every defence not yet logged, and write `table.parquet`, `table.csv` and `figure.png` into
+/// `out_dir` after every cell, unfinished cells marked pending.
+///
+/// ```no_run
+/// use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig};
+/// use transferlab::report::Outcome;
+/// // CIFAR-10 by hub id; hours on 2 CPU cores (`just backdoorbench`), minutes on a GPU.
+/// let result = backdoorbench::run(&BackdoorBenchConfig::default()).unwrap();
+/// println!("{}", result.to_dataframe().unwrap());
+/// ```
+pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
+    cfg.validate()?;
+    let sweep = cfg.sweep();
+    let plan = cfg.plan();
+    let (train_set, test_set) = load_data(cfg)?;
+    let (defender, _) = train_set.split(cfg.defender_fraction, cfg.seed, true)?;
+    let mut histories = Vec::new();
+    let progress = Progress::new("backdoorbench cells", plan.len() as u64, cfg.progress);
+    write_outputs(cfg, &collect(cfg, &sweep)?)?;
+    // Two passes: first every defence that works on the trained model (cheap), then those that
+    // train their own model from the poisoned data (ABL: a whole training run each), so that
+    // an interrupted run has the most cells for its time.
+    for retrains in [false, true] {
+        for (a, attack) in cfg.attacks.iter().enumerate() {
+            let in_pass = |defence: &str| defence != "none" && cfg.defences.iter().any(|d| d.name() == defence && d.retrains() == retrains);
+            let cells: Vec<&(usize, String, String)> = plan.iter().filter(|c| c.0 == a && (in_pass(&c.1) || (!retrains && c.1 == "none"))).collect();
+            let pending: Vec<&&(usize, String, String)> =
+                cells.iter().filter(|(_, d, s)| sweep.row_of(&cfg.cell_key(attack, d, s)).ok().flatten().is_none()).collect();
+            if pending.is_empty() {
+                progress.inc(cells.len() as u64);
+                continue;
+            }
+            let poisoned = poison(&train_set, &PoisonConfig { seed: cfg.seed, ..attack.poison.clone() })?;
+            let probe = BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target);
+            let started = Instant::now();
+            let (net, history) = train_or_load(cfg, attack, &poisoned, &test_set)?;
+            let train_seconds = started.elapsed().as_secs_f64();
+            if let Some(h) = history {
+                histories.push((attack.name.clone(), h));
+            }
+            let before_key = cfg.cell_key(attack, "none", "");
+            let before = match sweep.row_of(&before_key)? {
+                Some(row) => metrics_of(&row)?,
+                None => {
+                    let m = probe.measure(&net)?;
+                    sweep.run(&[before_key], |_| Ok(metric_values(&m, None, train_seconds)))?;
+                    m
+                }
+            };
+            if !retrains {
+                progress.inc(1);
+                write_outputs(cfg, &collect(cfg, &sweep)?)?;
+            }
+            for defence in cfg.defences.iter().filter(|d| d.retrains() == retrains) {
+                if attack.is_clean() {
+                    break;
+                }
+                let key = cfg.cell_key(attack, defence.name(), &defence.settings());
+                progress.message(format!("{} / {}", attack.name, defence.name()));
+                sweep.run(&[key], |_| {
+                    let started = Instant::now();
+                    let after = apply_defence(defence, &net, &defender, &poisoned, &probe, cfg)?;
+                    let der = defence_effectiveness_rate(&before, &after);
+                    Ok(metric_values(&after, Some(der), started.elapsed().as_secs_f64()))
+                })?;
+                progress.inc(1);
+                write_outputs(cfg, &collect(cfg, &sweep)?)?;
+            }
+        }
+    }
+    progress.finish();
+    let mut result = collect(cfg, &sweep)?;
+    result.histories = histories;
+    write_outputs(cfg, &result)?;
+    Ok(result)
+}
+
+/// The table as it stands in `out_dir` (finished cells from the log, the rest pending),
+/// without training or defending anything; rewrites the table and figure files from the log.
+pub fn status(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
+    cfg.validate()?;
+    let result = collect(cfg, &cfg.sweep())?;
+    write_outputs(cfg, &result)?;
+    Ok(result)
+}
+
+fn collect(cfg: &BackdoorBenchConfig, sweep: &Sweep) -> Result<BackdoorBenchResult> {
+    let mut cells = Vec::new();
+    for (a, defence, settings) in cfg.plan() {
+        let attack = &cfg.attacks[a];
+        let row = sweep.row_of(&cfg.cell_key(attack, &defence, &settings))?;
+        let (status, metrics, der, seconds) = match &row {
+            Some(r) => (CellStatus::Done, Some(metrics_of(r)?), r.get("der").and_then(Value::as_f64), r.get("seconds").and_then(Value::as_f64)),
+            None => (CellStatus::Pending, None, None, None),
+        };
+        cells.push(BenchCell { attack: attack.name.clone(), defence, seed: cfg.seed, status, metrics, der, seconds });
+    }
+    Ok(BackdoorBenchResult { cells, histories: Vec::new() })
+}
+
+fn write_outputs(cfg: &BackdoorBenchConfig, result: &BackdoorBenchResult) -> Result<()> {
+    let df = result.to_dataframe()?;
+    crate::report::save_table(&df, cfg.out_dir.join("table.parquet"))?;
+    crate::report::save_table(&df, cfg.out_dir.join("table.csv"))?;
+    result.figure()?.save(cfg.out_dir.join("figure.png"))
+}
+
+fn load_data(cfg: &BackdoorBenchConfig) -> Result<(Dataset, Dataset)> {
+    let hub = Hub::from_env();
+    let load = |split: &str, per_class: Option<usize>| -> Result<Dataset> {
+        let ds = load_dataset(&hub, &DatasetRequest::new(&cfg.dataset, split))?;
+        match per_class {
+            Some(k) => ds.per_class_sample(k, cfg.seed),
+            None => Ok(ds),
+        }
+    };
+    Ok((load("train", cfg.train_per_class)?, load("test", cfg.test_per_class)?))
+}
+
+fn train_or_load(cfg: &BackdoorBenchConfig, attack: &BenchAttack, poisoned: &Dataset, test: &Dataset) -> Result<(Network, Option<History>)> {
+    let weights = cfg.model_path(attack, "safetensors");
+    if weights.exists() {
+        return Ok((Network::from_file(&weights, &cfg.device)?, None));
+    }
+    let mut spec = ModelSpec::named(&cfg.model, poisoned.shape, poisoned.num_classes())?;
+    if let Some(n) = &cfg.normalize {
+        spec = spec.normalized(n.clone())?;
+    }
+    let mut net = Network::new(&spec, cfg.seed, &cfg.device)?;
+    let checkpoint = cfg.model_path(attack, "ckpt");
+    let tc = TrainConfig { checkpoint: Some(checkpoint.clone()), seed: cfg.seed, progress: cfg.progress, ..cfg.train.clone() };
+    let history = train(&mut net, poisoned, Some(test), &tc)?;
+    net.save(&weights)?;
+    crate::report::save_table(&history.to_dataframe()?, cfg.model_path(attack, "history.csv"))?;
+    // The weights file now stands for the finished run; the checkpoint is no longer needed.
+    std::fs::remove_file(&checkpoint).ok();
+    Ok((net, Some(history)))
+}
+
+fn apply_defence(
+    defence: &BenchDefence,
+    net: &Network,
+    defender: &Dataset,
+    poisoned: &Dataset,
+    probe: &BackdoorProbe,
+    cfg: &BackdoorBenchConfig,
+) -> Result<BackdoorMetrics> {
+    let seed = |s: u64| s.wrapping_add(cfg.seed);
+    Ok(match defence {
+        BenchDefence::FineTuning(c) => {
+            let mut model = net.duplicate()?;
+            model.unfreeze_all();
+            train(&mut model, defender, None, &c.train_config(LrSchedule::Constant { lr: c.standard_lr }))?;
+            probe.measure(&model)?
+        }
+        BenchDefence::FinePruning(c) => {
+            let r = fine_pruning::run(net, defender, probe, &FinePruningConfig { seed: seed(c.seed), ..c.clone() })?;
+            last_metrics(&r.after, "fine-pruning")?
+        }
+        BenchDefence::NeuralCleanse(c) => {
+            let (r, _) = nc_unlearning::run(net, defender, probe, &NcUnlearningConfig { seed: seed(c.seed), ..c.clone() })?;
+            last_metrics(&r.after, "neural cleanse")?
+        }
+        BenchDefence::Abl(c) => {
+            let r = abl::run(poisoned, net.spec(), probe, &AblConfig { seed: seed(c.seed), device: cfg.device.clone(), ..c.clone() })?;
+            r.final_metrics()
+        }
+    })
+}
+
+fn last_metrics(rows: &[(String, BackdoorMetrics)], what: &str) -> Result<BackdoorMetrics> {
+    rows.last().map(|r| r.1).ok_or_else(|| Error::invalid("defence result", format!("{what} returned no metrics")))
+}
+
+fn metric_values(m: &BackdoorMetrics, der: Option<f64>, seconds: f64) -> Vec<(String, f64)> {
+    let mut v = vec![
+        ("ca".to_string(), m.clean_accuracy),
+        ("asr".to_string(), m.attack_success_rate),
+        ("ra".to_string(), m.robust_accuracy),
+        ("n_clean".to_string(), m.n_clean as f64),
+        ("n_triggered".to_string(), m.n_triggered as f64),
+        ("seconds".to_string(), seconds),
+    ];
+    if let Some(d) = der {
+        v.push(("der".to_string(), d));
+    }
+    v
+}
+
+fn metrics_of(row: &SweepConfig) -> Result<BackdoorMetrics> {
+    let f = |k: &str| {
+        row.get(k).and_then(Value::as_f64).ok_or_else(|| Error::invalid("benchmark log", format!("a logged cell has no {k}; delete cells.jsonl to recompute")))
+    };
+    Ok(BackdoorMetrics {
+        clean_accuracy: f("ca")?,
+        attack_success_rate: f("asr")?,
+        robust_accuracy: f("ra")?,
+        n_clean: f("n_clean")? as usize,
+        n_triggered: f("n_triggered")? as usize,
+    })
+}
+
+fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Outcome for BackdoorBenchResult {
+    /// One row per cell: attack, defence, seed, status (`done` / `pending`), ca, asr, ra, der,
+    /// seconds (null while pending), and BackdoorBench's published `bb_ca`, `bb_asr` (%, null
+    /// where it reports none). Our rates are fractions in [0, 1].
+    fn to_dataframe(&self) -> Result<DataFrame> {
+        let c = &self.cells;
+        let m = |f: &dyn Fn(&BackdoorMetrics) -> f64| c.iter().map(|x| x.metrics.as_ref().map(f)).collect::<Vec<Option<f64>>>();
+        let bb = |i: usize| c.iter().map(|x| published(&x.attack, &x.defence).map(|p| if i == 0 { p.0 } else { p.1 })).collect::<Vec<_>>();
+        let status = c.iter().map(|x| if x.status == CellStatus::Done { "done" } else { "pending" }).collect::<Vec<_>>();
+        Ok(DataFrame::new_infer_height(vec![
+            Series::new("attack".into(), c.iter().map(|x| x.attack.clone()).collect::<Vec<_>>()).into(),
+            Series::new("defence".into(), c.iter().map(|x| x.defence.clone()).collect::<Vec<_>>()).into(),
+            Series::new("seed".into(), c.iter().map(|x| x.seed).collect::<Vec<_>>()).into(),
+            Series::new("status".into(), status).into(),
+            Series::new("ca".into(), m(&|x| x.clean_accuracy)).into(),
+            Series::new("asr".into(), m(&|x| x.attack_success_rate)).into(),
+            Series::new("ra".into(), m(&|x| x.robust_accuracy)).into(),
+            Series::new("der".into(), c.iter().map(|x| x.der).collect::<Vec<_>>()).into(),
+            Series::new("seconds".into(), c.iter().map(|x| x.seconds).collect::<Vec<_>>()).into(),
+            Series::new("bb_ca".into(), bb(0)).into(),
+            Series::new("bb_asr".into(), bb(1)).into(),
+        ])?)
+    }
+
+    /// CA and ASR per cell, ours beside BackdoorBench's published PreAct-ResNet-18 numbers;
+    /// pending cells are labelled so and drawn empty.
+    fn figure(&self) -> Result<Figure> {
+        let labels: Vec<String> = self
+            .cells
+            .iter()
+            .map(|c| format!("{}/{}{}", c.attack, c.defence, if c.status == CellStatus::Pending { " (pending)" } else { "" }))
+            .collect();
+        let ours = |f: &dyn Fn(&BackdoorMetrics) -> f64| self.cells.iter().map(|c| c.metrics.as_ref().map_or(0.0, |m| 100.0 * f(m))).collect::<Vec<_>>();
+        let theirs = |i: usize| {
+            self.cells.iter().map(|c| published(&c.attack, &c.defence).map_or(0.0, |p| if i == 0 { p.0 } else { p.1 })).collect::<Vec<_>>()
+        };
+        let chart = BarChart::new("BackdoorBench setting: ours vs published (PreAct-ResNet-18)", "%", labels)
+            .series("CA (ours)", ours(&|m| m.clean_accuracy))
+            .series("CA (BackdoorBench)", theirs(0))
+            .series("ASR (ours)", ours(&|m| m.attack_success_rate))
+            .series("ASR (BackdoorBench)", theirs(1))
+            .y_range(0.0, 105.0);
+        Ok(Figure::new(Chart::Bars(chart)).with_size(1400, 560))
+    }
+}

@@ -1,0 +1,9 @@
+//! Attacks against defences at the field's scale, in BackdoorBench's results vocabulary (CA,
+//! ASR, RA, DER per attack, defence and seed). Sits above `attacks` and `defenses` and uses
+//! both; nothing below imports it.
+
+pub mod backdoorbench;
+mod published;
+
+pub use backdoorbench::{BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
+pub use published::{published, PUBLISHED_PREACT_RESNET18_CIFAR10};
