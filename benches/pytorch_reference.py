@@ -79,7 +79,8 @@ class ResNet20(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-MODELS = {"cnn3": (Cnn3, (3, 32, 32)), "resnet20": (ResNet20, (3, 32, 32)), "badnets-cnn": (BadNetsCnn, (1, 28, 28))}
+MODELS = {"cnn3": (Cnn3, (3, 32, 32)), "resnet20": (ResNet20, (3, 32, 32)), "badnets-cnn": (BadNetsCnn, (1, 28, 28)),
+          "resnet56": (lambda: ResNet20(n=9), (3, 32, 32))}
 
 
 def main():

@@ -111,3 +111,32 @@ fn assert_checkpoint_complete(path: &Path) {
     assert!(meta.epoch >= 1);
     assert!(model.contains_key("head.weight"));
 }
+
+/// `tlab eval` on a foreign PyTorch checkpoint trained on normalised inputs: `--model` builds
+/// the architecture, `--normalize` puts the statistics inside, and the CA/ASR/RA it prints are
+/// PyTorch's (tests/fixtures/normalized, made by make_normalized_fixture.py). Blended and
+/// trigger-placement flags are accepted by `train`.
+#[test]
+fn eval_of_a_foreign_normalised_checkpoint_prints_pytorchs_numbers() {
+    use base64::Engine;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normalized");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(e["images_u8_base64"].as_str().unwrap()).unwrap();
+    let labels: Vec<u32> = e["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ds = transferlab::data::Dataset::new(bytes.iter().map(|&b| b as f32 / 255.0).collect(), (3, 32, 32), labels, transferlab::data::Dataset::numbered_classes(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("fixture.parquet");
+    transferlab::data::write_hf_parquet(&pq, &ds, "image", "label").unwrap();
+    let data = format!("parquet:{}", pq.display());
+    let weights = fixtures.join("resnet20_normalized.th");
+    let w = weights.to_str().unwrap();
+    let args = ["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--model", "resnet20", "--normalize", "cifar10", "--triggered"];
+    let out = run_ok(&args);
+    let pct = |k: &str| format!("{:.3}", e[k].as_f64().unwrap());
+    assert!(out.contains(&pct("ca")) && out.contains(&pct("asr")), "expected CA {} and ASR {} in:\n{out}", pct("ca"), pct("asr"));
+    // Our own weights carry their spec; a foreign file without --model says what to add.
+    let err = run_err(&["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--normalize", "cifar10"]);
+    assert!(err.contains("--model"), "{err}");
+    let err = run_err(&["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--attack", "wanet", "--out", "x.safetensors"]);
+    assert!(err.contains("badnets or blended"), "{err}");
+}

@@ -341,7 +341,12 @@ fn run(cli: Cli) -> Result<()> {
             let device = parse_device(&device)?;
             let (_, test_set) = split(&data)?;
             let net = match model {
-                None if normalize.is_none() && !unwrap_sequential => Network::from_file(&weights, &device)?,
+                None if normalize.is_none() && !unwrap_sequential => Network::from_file(&weights, &device).map_err(|e| {
+                    transferlab::Error::invalid(
+                        "weights",
+                        format!("{e}. Weights that transferlab did not save carry no model: give --model NAME (and --normalize if the model was trained on normalised inputs)"),
+                    )
+                })?,
                 None => {
                     return Err(transferlab::Error::invalid(
                         "eval",
