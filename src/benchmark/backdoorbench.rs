@@ -519,18 +519,23 @@ impl Outcome for BackdoorBenchResult {
     }
 
     /// CA and ASR per cell, ours beside BackdoorBench's published PreAct-ResNet-18 numbers;
-    /// pending cells are labelled so and drawn empty.
+    /// pending cells are marked `?` and drawn empty.
     fn figure(&self) -> Result<Figure> {
         let labels: Vec<String> = self
             .cells
             .iter()
-            .map(|c| format!("{}/{}{}", c.attack, c.defence, if c.status == CellStatus::Pending { " (pending)" } else { "" }))
+            .map(|c| format!("{}/{}{}", c.attack, c.defence, if c.status == CellStatus::Pending { " ?" } else { "" }))
             .collect();
         let ours = |f: &dyn Fn(&BackdoorMetrics) -> f64| self.cells.iter().map(|c| c.metrics.as_ref().map_or(0.0, |m| 100.0 * f(m))).collect::<Vec<_>>();
         let theirs = |i: usize| {
             self.cells.iter().map(|c| published(&c.attack, &c.defence).map_or(0.0, |p| if i == 0 { p.0 } else { p.1 })).collect::<Vec<_>>()
         };
-        let chart = BarChart::new("BackdoorBench setting: ours vs published (PreAct-ResNet-18)", "%", labels)
+        let title = if self.cells.iter().any(|c| c.status == CellStatus::Pending) {
+            "BackdoorBench setting: ours vs published (PreAct-ResNet-18); ? = still to run"
+        } else {
+            "BackdoorBench setting: ours vs published (PreAct-ResNet-18)"
+        };
+        let chart = BarChart::new(title, "%", labels)
             .series("CA (ours)", ours(&|m| m.clean_accuracy))
             .series("CA (BackdoorBench)", theirs(0))
             .series("ASR (ours)", ours(&|m| m.attack_success_rate))
