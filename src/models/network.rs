@@ -135,7 +135,6 @@ impl Network {
         })
     }
 
-    /// Penultimate features (N, feature_dim).
     /// Penultimate features (N, feature_dim) of [0, 1] images; the spec's input normalisation
     /// is applied first.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
