@@ -128,9 +128,9 @@ fn eval_of_a_foreign_normalised_checkpoint_prints_pytorchs_numbers() {
     let pq = dir.path().join("fixture.parquet");
     transferlab::data::write_hf_parquet(&pq, &ds, "image", "label").unwrap();
     let data = format!("parquet:{}", pq.display());
-    let weights = fixtures.join("resnet20_normalized.th");
+    let weights = fixtures.join("resnet8_normalized.th");
     let w = weights.to_str().unwrap();
-    let args = ["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--model", "resnet20", "--normalize", "cifar10", "--triggered"];
+    let args = ["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--model", "resnet8", "--normalize", "cifar10", "--triggered"];
     let out = run_ok(&args);
     let pct = |k: &str| format!("{:.3}", e[k].as_f64().unwrap());
     assert!(out.contains(&pct("ca")) && out.contains(&pct("asr")), "expected CA {} and ASR {} in:\n{out}", pct("ca"), pct("asr"));

@@ -395,8 +395,8 @@ mod normalized_checkpoint {
     }
 
     fn load(norm: Option<InputNorm>) -> Network {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normalized/resnet20_normalized.th");
-        let mut spec = ModelSpec::named("resnet20", (3, 32, 32), 10).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normalized/resnet8_normalized.th");
+        let mut spec = ModelSpec::named("resnet8", (3, 32, 32), 10).unwrap();
         if let Some(n) = norm {
             spec = spec.normalized(n).unwrap();
         }
