@@ -368,7 +368,7 @@ fn a_safetensors_file_is_not_read_as_pth() {
 }
 
 /// A published-style checkpoint (akamaster format: `{'state_dict': {'module.*'}}`, legacy
-/// serialisation) of a CIFAR ResNet-20 trained on normalised inputs loads with one call plus
+/// serialisation) of a CIFAR ResNet-8 trained on normalised inputs loads with one call plus
 /// its normalisation, and fed [0, 1] pixels gives PyTorch's logits, CA and ASR on normalised
 /// inputs (tests/fixtures/make_normalized_fixture.py).
 mod normalized_checkpoint {
