@@ -93,4 +93,4 @@ crosscheck:
         .venv-crosscheck/bin/pip install --quiet torch==2.15.0 timm==1.0.31 transformers==5.24.0 huggingface_hub==2.4.0 safetensors==0.8.0
     cargo build --bin tlab
     .venv-crosscheck/bin/python tests/crosscheck/crosscheck.py --tlab "${CARGO_TARGET_DIR:-target}/debug/tlab"
-    cargo test --test hub_crosscheck -- --nocapture
+    cargo test --test suite hub_crosscheck:: -- --nocapture

@@ -7,7 +7,7 @@
 //! per feature family and report its AUC. Hand-written rather than taken from a crate: the
 //! solver is ~60 lines and needs no matrix library (linfa-svm pulls ndarray and linfa).
 //! Measured against liblinear 2.x itself (scikit-learn 1.9.1 `LinearSVC(loss="hinge",
-//! tol=0.1, class_weight="balanced")`, same data, `tests/analysis_svm_bench.rs`): test
+//! tol=0.1, class_weight="balanced")`, same data, `tests/suite/analysis_svm_bench.rs`): test
 //! balanced accuracy and AUC agree within 0.005 (n=600, d=64: 0.905 vs 0.909 at C=0.1;
 //! n=4000, d=256: 0.889 vs 0.888); fit time is similar on small problems (2.0 vs 2.6 ms) and
 //! 1.8-2.7x liblinear's on the larger one (0.42 vs 0.23 s), which lacks only liblinear's

@@ -4,7 +4,7 @@ For each architecture: build the reference model (timm / transformers, CPU torch
 with deterministic pseudo-random weights from a formula both sides implement (so no weight
 file needs to be committed), save them in the hub's format (model.safetensors), run fixed
 inputs through it and write the outputs as a small fixture under tests/fixtures/crosscheck/.
-`cargo test --test hub_crosscheck` rebuilds the same weights in Rust, loads them through the
+`cargo test --test suite hub_crosscheck::` rebuilds the same weights in Rust, loads them through the
 hub name mapping and compares (1e-4 relative), without PyTorch.
 
 Also checks cache interoperability with Python's huggingface_hub against the loopback hub

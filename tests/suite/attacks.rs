@@ -1,6 +1,6 @@
 //! Triggers, poisoning and the CA/ASR/RA metrics.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use transferlab::attacks::*;

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use transferlab::kernels;
 
-mod common;
+use crate::common;
 use common::{assert_close, values};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {

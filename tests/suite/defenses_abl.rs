@@ -1,7 +1,7 @@
 //! Anti-Backdoor Learning on BadNets-poisoned digits: isolation, unlearning, the batch-norm
 //! dependence of the unlearning step, determinism and refused configurations.
 
-mod defenses_support;
+use crate::defenses_support;
 
 use defenses_support::case;
 use transferlab::defenses::abl::{self, AblConfig};

@@ -1,6 +1,6 @@
 //! The trainer: reproducibility, resumption, divergence detection, freezing.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use transferlab::error::Error;

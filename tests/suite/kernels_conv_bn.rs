@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, Var};
 use transferlab::kernels::{self, ConvBn};
 use transferlab::models::layers::subsample2d;
 
-mod common;
+use crate::common;
 use common::{assert_close, values};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {

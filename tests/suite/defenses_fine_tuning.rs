@@ -1,6 +1,6 @@
 //! Fine-tuning, super-fine-tuning and fine-pruning as defences.
 
-mod defenses_support;
+use crate::defenses_support;
 
 use defenses_support::{backdoored, case};
 use std::time::Instant;

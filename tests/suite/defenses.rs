@@ -1,7 +1,7 @@
 //! Defences: refusals of data and models they cannot handle, determinism, and one quick
 //! end-to-end run of fine-tuning and fine-pruning on a BadNets model.
 
-mod defenses_support;
+use crate::defenses_support;
 
 use candle_core::Device;
 use defenses_support::case;

@@ -253,7 +253,7 @@ fn unbounded_trigger_leaves_the_image_range_bounded_does_not_and_the_controls_re
     assert!(only.doorping_with_clipped_trigger.is_some());
 }
 
-/// The notebook's miniature, with timings (run by hand: `cargo test --test attacks_distillation -- --ignored --nocapture`).
+/// The notebook's miniature, with timings (run by hand: `cargo test --test suite attacks_distillation:: -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn digits_miniature() {

@@ -1,6 +1,6 @@
 //! Our linear SVM against liblinear on the same data: accuracy and fit time. Ignored by
 //! default (needs CSV files written by a Python script with scikit-learn); run with
-//! `SVM_BENCH_DIR=... cargo test --test analysis_svm_bench -- --ignored --nocapture`.
+//! `SVM_BENCH_DIR=... cargo test --test suite analysis_svm_bench:: -- --ignored --nocapture`.
 
 use std::time::Instant;
 use transferlab::analysis::svm::{auc, balanced_accuracy, LinearSvm, SvmConfig};
