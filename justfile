@@ -19,10 +19,22 @@ tlab := env("CARGO_TARGET_DIR", justfile_directory() / "target") / "debug/tlab"
 with_cifar := "tests/with_cifar_hub.sh " + tlab
 
 # The whole test suite: unit, integration and documentation tests, then every notebook headless.
-test: notebook-env
-    cargo build --benches --bins
-    {{with_cifar}} cargo test --lib --bins --tests --no-fail-fast
-    cargo test --doc
+test:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The notebook kernel's set-up (evcxr_jupyter from source, ~9 min cold; the kernel's first
+    # build of the dependency tree, as dylibs that cargo's own build cannot share, ~13 min)
+    # runs beside the Rust build and tests: on 2 cores each fills the cores while the other
+    # links or compiles one large crate alone.
+    mkdir -p runs
+    {{just_executable()}} notebook-env warm > runs/kernel-setup.log 2>&1 &
+    kernel=$!
+    status=0
+    { cargo build --benches --bins --tests \
+        && {{with_cifar}} cargo test --lib --bins --tests --no-fail-fast \
+        && cargo test --doc; } || status=$?
+    if ! wait $kernel; then cat runs/kernel-setup.log >&2; echo "notebook kernel set-up failed (log above)" >&2; exit 1; fi
+    [ $status -eq 0 ] || exit $status
     {{with_cifar}} {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb
 
