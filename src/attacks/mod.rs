@@ -6,6 +6,7 @@ mod metrics;
 pub mod neuba;
 mod poison;
 mod trigger;
+mod frequency_trigger;
 pub mod poisoning;
 pub mod watermark;
 pub mod architectural;
@@ -15,6 +16,7 @@ pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetr
 pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
+pub use frequency_trigger::FrequencyTrigger;
 pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};
 pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningComparison};
 pub use watermark::{Removal, WatermarkConfig, WatermarkResult};

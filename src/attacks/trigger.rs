@@ -1,6 +1,8 @@
 //! Backdoor triggers: stamped patches (solid, checkerboard or any image) at a fixed corner or a
-//! random location, and blended full-image patterns.
+//! random location, blended full-image patterns, and additive signals (SIG's sinusoid,
+//! FTrojan's frequency pattern).
 
+use super::frequency_trigger::FrequencyTrigger;
 use crate::error::{Error, Result};
 use crate::rng::{stream, SeededRng};
 use crate::data::Dataset;
@@ -57,6 +59,11 @@ pub enum Trigger {
     Patch { size: usize, fill: PatchFill, placement: Placement },
     /// x' = (1 - alpha) x + alpha * pattern.
     Blend { pattern: BlendPattern, alpha: f32 },
+    /// SIG (Barni et al. 2019): x' = clip(x + delta * sin(2 pi j frequency / W)) on every channel,
+    /// a horizontal sinusoid over the columns j of a W-wide image.
+    Sinusoid { delta: f32, frequency: f32 },
+    /// FTrojan (Wang et al. 2022): raised DCT coefficients, a fixed additive pattern.
+    Frequency(FrequencyTrigger),
 }
 
 impl Trigger {
@@ -74,6 +81,17 @@ impl Trigger {
     /// Blended's default (Chen et al. 2017): random noise blended at alpha 0.2.
     pub fn blend_noise(seed: u64, alpha: f32) -> Self {
         Trigger::Blend { pattern: BlendPattern::Noise { seed }, alpha }
+    }
+
+    /// SIG's signal with BackdoorBench's defaults: delta 40/255, 6 periods across the image.
+    /// (Barni et al. train with delta 20/255 on MNIST-sized digits and test with more.)
+    pub fn sig() -> Self {
+        Trigger::Sinusoid { delta: 40.0 / 255.0, frequency: 6.0 }
+    }
+
+    /// FTrojan's trigger with the paper's CIFAR-10 defaults ([`FrequencyTrigger::default`]).
+    pub fn ftrojan() -> Self {
+        Trigger::Frequency(FrequencyTrigger::default())
     }
 
     /// The same trigger at another placement (patches only).
@@ -118,6 +136,15 @@ impl Trigger {
                     }
                 }
             }
+            Trigger::Sinusoid { delta, frequency } => {
+                if !(delta.is_finite() && *delta > 0.0 && *delta <= 1.0) {
+                    return Err(Error::invalid("sinusoid trigger", format!("delta {delta} is outside (0, 1]; SIG uses 40/255 on images in [0, 1]")));
+                }
+                if !(frequency.is_finite() && *frequency > 0.0) {
+                    return Err(Error::invalid("sinusoid trigger", format!("frequency {frequency} must be a positive number of periods across the image; SIG uses 6")));
+                }
+            }
+            Trigger::Frequency(t) => t.validate(shape)?,
             Trigger::Blend { pattern, alpha } => {
                 if !(0.0..=1.0).contains(alpha) {
                     return Err(Error::invalid("blend alpha", format!("{alpha} is outside [0, 1]")));
@@ -181,8 +208,31 @@ impl Trigger {
                     *x = (1.0 - alpha) * *x + alpha * p;
                 }
             }
+            Trigger::Sinusoid { .. } | Trigger::Frequency(_) => {
+                let delta = self.additive_pattern(shape)?.expect("an additive trigger");
+                for (x, d) in image.iter_mut().zip(&delta) {
+                    *x = (*x + d).clamp(0.0, 1.0);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// What an additive trigger (SIG, FTrojan) adds to every image before clipping to [0, 1],
+    /// CHW; `None` for patches and blends, which replace pixels rather than add to them.
+    pub fn additive_pattern(&self, shape: (usize, usize, usize)) -> Result<Option<Vec<f32>>> {
+        let (c, h, w) = shape;
+        match self {
+            Trigger::Sinusoid { delta, frequency } => {
+                self.validate(shape)?;
+                let row: Vec<f32> = (0..w)
+                    .map(|j| delta * (2.0 * std::f32::consts::PI * j as f32 * frequency / w as f32).sin())
+                    .collect();
+                Ok(Some((0..c * h).flat_map(|_| row.iter().copied()).collect()))
+            }
+            Trigger::Frequency(t) => Ok(Some(t.perturbation(shape)?)),
+            _ => Ok(None),
+        }
     }
 
     /// A copy of `ds` with the trigger applied to the samples at `indices` (random placements
@@ -200,12 +250,17 @@ impl Trigger {
         Ok(out)
     }
 
-    /// The trigger drawn on a black image of `shape`, for display.
+    /// The trigger drawn on a black image of `shape` (additive signals on mid-grey), for display.
     pub fn preview(&self, shape: (usize, usize, usize)) -> Result<Vec<f32>> {
         let mut img = vec![0.0; shape.0 * shape.1 * shape.2];
         let mut rng = stream(0, "trigger.preview");
         match self {
             Trigger::Blend { pattern, .. } => img = blend_pixels(pattern, shape),
+            // An additive signal shows on mid-grey, where it is not clipped.
+            Trigger::Sinusoid { .. } | Trigger::Frequency(_) => {
+                img = vec![0.5; img.len()];
+                self.apply(&mut img, shape, None)?;
+            }
             _ => self.apply(&mut img, shape, Some(&mut rng))?,
         }
         Ok(img)

@@ -7,7 +7,7 @@
 //! after a kill skips finished cells and trained models and resumes a model mid-training; a
 //! change to any setting changes the fingerprint, so stale rows are never reused.
 
-use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, TargetMode, Trigger};
+use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::{abl, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, FinePruningConfig, FineTuningConfig, NcUnlearningConfig};
@@ -47,6 +47,18 @@ impl BenchAttack {
     pub fn blended() -> Self {
         let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
         Self { name: "blended".into(), poison }
+    }
+
+    /// SIG (Barni et al. 2019) as BackdoorBench runs it: the sinusoid (delta 40/255, f = 6) on
+    /// 10 % of the training set, clean-label (every target-class image of CIFAR-10), target 0.
+    pub fn sig() -> Self {
+        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison }
+    }
+
+    /// FTrojan (Wang et al. 2022) with BackdoorBench's `ftrojann` defaults: the frequency
+    /// trigger in the chrominance channels, 10 % dirty-label to class 0.
+    pub fn ftrojan() -> Self {
+        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison }
     }
 
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how

@@ -5,12 +5,14 @@ use transferlab::data::{digits, Dataset};
 use transferlab::report::Outcome;
 use transferlab::train::{LrSchedule, ProgressMode, TrainConfig};
 
-fn data() -> (Dataset, Dataset) {
+/// The digits split 80/20 (training, test), shared with the other attack tests.
+pub(crate) fn data() -> (Dataset, Dataset) {
     let (test, train) = digits().unwrap().split(0.2, 0, true).unwrap();
     (train, test)
 }
 
-fn quick(mut cfg: PoisoningAttackConfig, epochs: usize) -> PoisoningAttackConfig {
+/// `cfg` trained for `epochs` (cosine from 0.05), silently.
+pub(crate) fn quick(mut cfg: PoisoningAttackConfig, epochs: usize) -> PoisoningAttackConfig {
     cfg.train = TrainConfig {
         epochs,
         schedule: LrSchedule::Cosine { lr: 0.05, min_lr: 0.0, epochs: epochs as f64 },

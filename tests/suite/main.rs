@@ -18,6 +18,7 @@ mod analysis_spurious_patterns;
 mod analysis_svm_bench;
 mod analysis_zero_shot;
 mod attacks;
+mod attacks_baselines;
 mod attacks_architectural;
 mod attacks_distillation;
 mod attacks_hidden_trigger;

@@ -217,8 +217,8 @@ impl DistillationBackdoorConfig {
             Trigger::Patch { placement: Placement::Random, .. } => {
                 return Err(Error::invalid("trigger", "DOORPING optimises a patch at one place: use a corner or Placement::At, not Random"))
             }
-            Trigger::Blend { .. } => return Err(Error::invalid("trigger", "DOORPING optimises a patch; blended triggers are not supported")),
-            _ => {}
+            Trigger::Patch { .. } => {}
+            _ => return Err(Error::invalid("trigger", "DOORPING optimises a patch; blended and additive (SIG, FTrojan) triggers are not supported")),
         }
         if !(0.0..=1.0).contains(&self.poison_rate) || self.poison_rate.is_nan() {
             return Err(Error::invalid("poison rate", format!("{} is outside [0, 1]", self.poison_rate)));

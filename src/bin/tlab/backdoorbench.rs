@@ -37,8 +37,10 @@ pub fn run(a: Args) -> Result<()> {
         .map(|n| match n.trim() {
             "badnets" => Ok(BenchAttack::badnets()),
             "blended" => Ok(BenchAttack::blended()),
+            "sig" => Ok(BenchAttack::sig()),
+            "ftrojan" => Ok(BenchAttack::ftrojan()),
             "clean" => Ok(BenchAttack::clean()),
-            other => Err(Error::invalid("attack", format!("{other:?}; use badnets, blended or clean"))),
+            other => Err(Error::invalid("attack", format!("{other:?}; use badnets, blended, sig, ftrojan or clean"))),
         })
         .collect::<Result<_>>()?;
     let wanted: Vec<&str> = a.defences.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();

@@ -141,7 +141,7 @@ enum Command {
         train_per_class: Option<usize>,
         #[arg(long)]
         test_per_class: Option<usize>,
-        /// Only these attacks (comma-separated: badnets, blended, clean).
+        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
         /// Only these defences (comma-separated: ft, fp, nc, abl).
@@ -172,7 +172,8 @@ struct DataArgs {
 
 #[derive(clap::Args)]
 struct AttackArgs {
-    /// badnets (a square patch) or blended (a noise pattern blended into the whole image).
+    /// badnets (a square patch), blended (a noise pattern blended into the whole image), sig (a
+    /// sinusoid, clean-label) or ftrojan (DCT coefficients in the chrominance of 32x32 blocks).
     #[arg(long, default_value = "badnets")]
     attack: String,
     /// Side of the BadNets patch.
@@ -196,6 +197,8 @@ impl AttackArgs {
     fn trigger(&self) -> Result<Trigger> {
         match self.attack.as_str() {
             "blended" => Ok(Trigger::blend_noise(0, self.blend_alpha)),
+            "sig" => Ok(Trigger::sig()),
+            "ftrojan" => Ok(Trigger::ftrojan()),
             "badnets" => {
                 let base = match self.trigger_pattern.as_str() {
                     "white" => Trigger::badnets(self.trigger_size),
@@ -217,8 +220,13 @@ impl AttackArgs {
                 };
                 Ok(base.at(placement))
             }
-            other => Err(transferlab::Error::invalid("attack", format!("{other:?}; use badnets or blended"))),
+            other => Err(transferlab::Error::invalid("attack", format!("{other:?}; use badnets, blended, sig or ftrojan"))),
         }
+    }
+
+    /// SIG poisons only target-class images and keeps their labels.
+    fn clean_label(&self) -> bool {
+        self.attack == "sig"
     }
 }
 
@@ -302,7 +310,12 @@ fn run(cli: Cli) -> Result<()> {
             let trigger = attack.trigger()?;
             let (train_set, test_set) = split(&data)?;
             let poisoned = if poison_rate > 0.0 {
-                let cfg = PoisonConfig { trigger: trigger.clone(), seed, ..PoisonConfig::badnets(attack.trigger_size, poison_rate, attack.target) };
+                let cfg = PoisonConfig {
+                    trigger: trigger.clone(),
+                    seed,
+                    clean_label: attack.clean_label(),
+                    ..PoisonConfig::badnets(attack.trigger_size, poison_rate, attack.target)
+                };
                 poison(&train_set, &cfg)?
             } else {
                 train_set
