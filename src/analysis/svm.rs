@@ -254,8 +254,11 @@ pub fn centre_and_normalise(x: &[f32], dim: usize, mean: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Per-column means of rows of `dim` features.
+/// Per-column means of rows of `dim` features (zeros when there are no rows).
 pub fn column_means(x: &[f32], dim: usize) -> Vec<f32> {
+    if dim == 0 {
+        return Vec::new();
+    }
     let n = (x.len() / dim).max(1) as f32;
     let mut m = vec![0f32; dim];
     for row in x.chunks(dim) {

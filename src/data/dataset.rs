@@ -120,15 +120,42 @@ impl Dataset {
     }
 
     /// The pixels of image `i` (CHW).
+    ///
+    /// # Panics
+    /// When `i` is not below `len()`, as indexing a `Vec` does, with a message naming both;
+    /// [`Dataset::try_image`] returns the error instead.
     pub fn image(&self, i: usize) -> &[f32] {
+        self.check_index(i).unwrap_or_else(|e| panic!("{e}"));
         let n = self.image_len();
         &self.pixels[i * n..(i + 1) * n]
     }
 
-    /// Mutable pixels of image `i`.
+    /// The pixels of image `i` (CHW), or an error when there is no image `i`.
+    ///
+    /// ```
+    /// let ds = transferlab::data::digits()?;
+    /// assert_eq!(ds.try_image(0)?.len(), 64);
+    /// assert!(ds.try_image(ds.len()).unwrap_err().to_string().contains("out of range"));
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn try_image(&self, i: usize) -> Result<&[f32]> {
+        self.check_index(i)?;
+        let n = self.image_len();
+        Ok(&self.pixels[i * n..(i + 1) * n])
+    }
+
+    /// Mutable pixels of image `i` (panics like [`Dataset::image`] when there is none).
     pub fn image_mut(&mut self, i: usize) -> &mut [f32] {
+        self.check_index(i).unwrap_or_else(|e| panic!("{e}"));
         let n = self.image_len();
         &mut self.pixels_mut()[i * n..(i + 1) * n]
+    }
+
+    fn check_index(&self, i: usize) -> Result<()> {
+        if i >= self.len() {
+            return Err(Error::invalid("sample index", format!("{i} is out of range for a dataset of {} samples (0..{})", self.len(), self.len())));
+        }
+        Ok(())
     }
 
     /// Samples per class.
@@ -250,7 +277,7 @@ impl Dataset {
         let mut pixels = Vec::with_capacity(indices.len() * n);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            pixels.extend_from_slice(self.image(i));
+            pixels.extend_from_slice(self.try_image(i)?);
             labels.push(self.labels[i]);
         }
         let (c, h, w) = self.shape;

@@ -226,6 +226,18 @@ pub fn run(
     let per = pool.len() / cfg.updates;
     let chunks: Vec<Dataset> =
         (0..cfg.updates).map(|u| pool.select(&order[u * per..(u + 1) * per])).collect::<Result<Vec<_>>>()?;
+    // A log written for other data, another model or another recipe must not be resumed as if
+    // it were this study's: every entry carries a key of all of them (the swept sizes and rates
+    // are keys of their own, so a study extended by a rate reuses its finished rows).
+    let recipe = format!(
+        "{:016x}{:016x}{:016x}|{:?}|{:?}",
+        initial.fingerprint(),
+        pool.fingerprint(),
+        test.fingerprint(),
+        spec,
+        SurvivalConfig { trigger_sizes: Vec::new(), poison_rates: Vec::new(), progress: ProgressMode::Hidden, ..cfg.clone() }
+    );
+    let study = format!("{:016x}", crate::rng::fnv1a(recipe.as_bytes()));
     let configs: Vec<SweepConfig> = cfg
         .trigger_sizes
         .iter()
@@ -235,6 +247,7 @@ pub fn run(
             c.insert("trigger_size".into(), Value::from(s));
             c.insert("poison_rate".into(), Value::from(r));
             c.insert("seed".into(), Value::from(cfg.seed));
+            c.insert("study".into(), Value::from(study.clone()));
             c
         })
         .collect();

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use polars::prelude::{Column, DataFrame, NamedFrom, Series};
 use serde_json::{Map, Value};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One run's configuration: named values (numbers, strings, booleans), the seed included.
@@ -113,23 +113,34 @@ impl Sweep {
 
     /// The runs already logged: (configuration key, full row). A last line cut short by a
     /// kill is ignored, so that run is simply done again.
+    /// The logged rows, keyed by their configuration. Only a last line without its newline (a
+    /// write cut off by a kill) is skipped, to be redone; anything else that is not a record is
+    /// an error, so that a damaged log never loses rows silently.
     fn finished(&self) -> Result<Vec<(String, SweepConfig)>> {
-        let file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("open", &self.path, e)),
+            Err(e) => return Err(Error::io("read", &self.path, e)),
         };
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         let mut out = Vec::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| Error::io("read", &self.path, e))?;
-            if let Ok(Value::Object(row)) = serde_json::from_str::<Value>(&line) {
-                if let Some(Value::Object(config)) = row.get(CONFIG_KEY) {
-                    let key = key_of(config);
-                    let mut full = row.clone();
-                    full.remove(CONFIG_KEY);
-                    out.push((key, full));
-                }
-            }
+        for (n, line) in complete.split('\n').enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let record = match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(row)) => row.get(CONFIG_KEY).and_then(Value::as_object).cloned().map(|config| (config, row)),
+                _ => None,
+            };
+            let Some((config, mut row)) = record else {
+                return Err(Error::invalid(
+                    "sweep log",
+                    format!(
+                        "line {} of {} is not a sweep record (damaged or edited?); repair or delete that line and rerun: the rows around it are kept",
+                        n + 1,
+                        self.path.display()
+                    ),
+                ));
+            };
+            row.remove(CONFIG_KEY);
+            out.push((key_of(&config), row));
         }
         Ok(out)
     }
@@ -140,12 +151,12 @@ impl Sweep {
         }
         let mut record = row.clone();
         record.insert(CONFIG_KEY.to_string(), Value::Object(config.clone()));
-        let mut line = format!("{}\n", Value::Object(record));
-        // A write killed half-way leaves a last line without its newline: start a fresh line
-        // so the cut-off one stays unreadable (and is redone) instead of spoiling this one.
-        let ends_cleanly = last_byte(&self.path).is_none_or(|c| c == b'\n');
-        if !ends_cleanly {
-            line.insert(0, '\n');
+        let line = format!("{}\n", Value::Object(record));
+        // A write killed half-way leaves a last line without its newline: cut it off (its run
+        // is being redone) so that the log stays one record per line.
+        if let Some(complete) = complete_length(&self.path)? {
+            let f = OpenOptions::new().write(true).open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
+            f.set_len(complete).map_err(|e| Error::io("truncate", &self.path, e))?;
         }
         let mut f = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
         f.write_all(line.as_bytes()).map_err(|e| Error::io("append to", &self.path, e))?;
@@ -155,13 +166,17 @@ impl Sweep {
 
 const CONFIG_KEY: &str = "_config";
 
-fn last_byte(path: &Path) -> Option<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    f.seek(SeekFrom::End(-1)).ok()?;
-    let mut b = [0u8; 1];
-    f.read_exact(&mut b).ok()?;
-    Some(b[0])
+/// The length of the log up to its last newline, when a cut-off line follows it.
+fn complete_length(path: &Path) -> Result<Option<u64>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    if bytes.last().is_none_or(|&c| c == b'\n') {
+        return Ok(None);
+    }
+    Ok(Some(bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i as u64 + 1)))
 }
 
 fn key_of(config: &SweepConfig) -> String {

@@ -137,6 +137,6 @@ fn eval_of_a_foreign_normalised_checkpoint_prints_pytorchs_numbers() {
     // Our own weights carry their spec; a foreign file without --model says what to add.
     let err = run_err(&["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--normalize", "cifar10"]);
     assert!(err.contains("--model"), "{err}");
-    let err = run_err(&["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--attack", "wanet", "--out", "x.safetensors"]);
-    assert!(err.contains("badnets or blended"), "{err}");
+    let err = run_err(&["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--attack", "no-such-attack", "--out", "x.safetensors"]);
+    assert!(err.contains("use badnets, blended, sig or ftrojan"), "{err}");
 }

@@ -601,3 +601,15 @@ fn place_on_canvas_keeps_content_labels_and_seed() {
     assert!(place_on_canvas(&ds, (8, 8), 0, 0.0, 0).is_err());
     assert!(place_on_canvas(&ds, (8, 8), 1, f32::NAN, 0).is_err());
 }
+
+/// A bad index is an error that says what was wrong, from `batch` and `try_image`; no rows
+/// and no columns are handled by the SVM's column means.
+#[test]
+fn bad_indices_are_errors_not_panics() {
+    let ds = transferlab::data::digits().unwrap();
+    let e = ds.batch(&[0, ds.len()], &candle_core::Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains(&format!("{} is out of range for a dataset of {} samples", ds.len(), ds.len())), "{e}");
+    assert!(ds.try_image(ds.len() + 5).is_err());
+    assert_eq!(transferlab::analysis::svm::column_means(&[], 3), vec![0.0; 3]);
+    assert!(transferlab::analysis::svm::column_means(&[], 0).is_empty());
+}

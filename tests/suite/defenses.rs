@@ -128,3 +128,37 @@ fn same_seed_same_numbers_and_fine_pruning_prunes() {
     assert!((fp.curve[0].test_accuracy - before.clean_accuracy).abs() < 1e-9);
     assert_eq!(fp.to_dataframe().unwrap().height(), 3);
 }
+
+/// The survival study runs end to end, resumes from its log, and never hands back rows that
+/// were measured on other data: the log is keyed by a fingerprint of data, model and recipe.
+#[test]
+fn survival_runs_resumes_and_keys_its_log_by_the_study() {
+    let c = case();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("survival.jsonl");
+    let cfg = SurvivalConfig {
+        trigger_sizes: vec![3],
+        poison_rates: vec![0.1],
+        updates: 1,
+        initial_epochs: 3,
+        update_epochs: 1,
+        update_schedules: vec![("routine".to_string(), transferlab::train::LrSchedule::Constant { lr: 0.01 })],
+        ..Default::default()
+    };
+    let lines = || std::fs::read_to_string(&log).unwrap().lines().count();
+    let first = survival::run(&c.train, &c.defender, &c.probe.test, &c.spec, &Sweep::new(&log), &cfg).unwrap();
+    assert_eq!(first.points.len(), 2, "before and after the one update");
+    assert!(first.points[0].attack_success_rate > 0.5, "the initial model is backdoored: {:?}", first.points);
+    assert_eq!(lines(), 1);
+    let again = survival::run(&c.train, &c.defender, &c.probe.test, &c.spec, &Sweep::new(&log), &cfg).unwrap();
+    assert_eq!(lines(), 1, "a rerun reuses the finished row");
+    assert_eq!(format!("{:?}", again.points), format!("{:?}", first.points));
+    // Other initial data (half of it), same sizes, rates and seed: a new row, not the old one.
+    let half: Vec<usize> = (0..c.train.len() / 2).collect();
+    let other = c.train.select(&half).unwrap();
+    survival::run(&other, &c.defender, &c.probe.test, &c.spec, &Sweep::new(&log), &cfg).unwrap();
+    assert_eq!(lines(), 2, "other data must be measured, not read back");
+    // Another recipe (more initial epochs) likewise.
+    survival::run(&c.train, &c.defender, &c.probe.test, &c.spec, &Sweep::new(&log), &SurvivalConfig { initial_epochs: 4, ..cfg.clone() }).unwrap();
+    assert_eq!(lines(), 3);
+}

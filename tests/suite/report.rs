@@ -87,6 +87,16 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_rows() {
     // Everything is logged now: a third run computes nothing.
     let again = sweep.run(&configs, |_| panic!("recomputed")).unwrap();
     assert!(again.equals(&df));
+    // The cut-off line is gone: one record per line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 6);
+    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{text}");
+    // A damaged line in the middle is an error that names it, never silently dropped rows.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "{\"rate\": 0.1, garbage";
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let e = sweep.run(&configs, |_| panic!("recomputed")).unwrap_err().to_string();
+    assert!(e.contains("line 3 of") && e.contains("not a sweep record"), "{e}");
 }
 
 #[test]
