@@ -1,8 +1,9 @@
 //! Backdoor triggers: stamped patches (solid, checkerboard or any image) at a fixed corner or a
-//! random location, blended full-image patterns, and additive signals (SIG's sinusoid,
-//! FTrojan's frequency pattern).
+//! random location, blended full-image patterns, additive signals (SIG's sinusoid, FTrojan's
+//! frequency pattern) and image transforms (WaNet's warp, BppAttack's colour-depth squeeze).
 
 use super::frequency_trigger::FrequencyTrigger;
+use super::warp_trigger::WarpTrigger;
 use crate::error::{Error, Result};
 use crate::rng::{stream, SeededRng};
 use crate::data::Dataset;
@@ -64,6 +65,12 @@ pub enum Trigger {
     Sinusoid { delta: f32, frequency: f32 },
     /// FTrojan (Wang et al. 2022): raised DCT coefficients, a fixed additive pattern.
     Frequency(FrequencyTrigger),
+    /// WaNet (Nguyen & Tran 2021): a fixed smooth warp of the whole image.
+    Warp(WarpTrigger),
+    /// BppAttack (Wang et al. 2022): every channel quantised to `levels` values, with
+    /// Floyd-Steinberg error diffusion when `dither` (the paper's default), so that the
+    /// quantisation is invisible but its statistics are the trigger.
+    ColorDepth { levels: u32, dither: bool },
 }
 
 impl Trigger {
@@ -92,6 +99,17 @@ impl Trigger {
     /// FTrojan's trigger with the paper's CIFAR-10 defaults ([`FrequencyTrigger::default`]).
     pub fn ftrojan() -> Self {
         Trigger::Frequency(FrequencyTrigger::default())
+    }
+
+    /// WaNet's warp with the paper's CIFAR-10 defaults ([`WarpTrigger::default`]).
+    pub fn wanet() -> Self {
+        Trigger::Warp(WarpTrigger::default())
+    }
+
+    /// BppAttack's squeeze with BackdoorBench's defaults: 8 levels per channel (3 bits),
+    /// dithered.
+    pub fn bpp() -> Self {
+        Trigger::ColorDepth { levels: 8, dither: true }
     }
 
     /// The same trigger at another placement (patches only).
@@ -145,6 +163,12 @@ impl Trigger {
                 }
             }
             Trigger::Frequency(t) => t.validate(shape)?,
+            Trigger::Warp(t) => t.validate(shape)?,
+            Trigger::ColorDepth { levels, .. } => {
+                if !(2..=256).contains(levels) {
+                    return Err(Error::invalid("colour-depth trigger", format!("{levels} levels per channel; use 2 to 256 (BppAttack: 8)")));
+                }
+            }
             Trigger::Blend { pattern, alpha } => {
                 if !(0.0..=1.0).contains(alpha) {
                     return Err(Error::invalid("blend alpha", format!("{alpha} is outside [0, 1]")));
@@ -214,6 +238,8 @@ impl Trigger {
                     *x = (*x + d).clamp(0.0, 1.0);
                 }
             }
+            Trigger::Warp(t) => t.warp(image, shape)?,
+            Trigger::ColorDepth { levels, dither } => squeeze(image, shape, *levels, *dither),
         }
         Ok(())
     }
@@ -261,9 +287,50 @@ impl Trigger {
                 img = vec![0.5; img.len()];
                 self.apply(&mut img, shape, None)?;
             }
+            // A transform shows on a pattern: grid lines for a warp, a smooth ramp for a squeeze.
+            Trigger::Warp(_) => {
+                let (_, h, w) = shape;
+                img = (0..img.len()).map(|p| if (p % w) % 4 == 0 || ((p / w) % h) % 4 == 0 { 1.0 } else { 0.0 }).collect();
+                self.apply(&mut img, shape, None)?;
+            }
+            Trigger::ColorDepth { .. } => {
+                let (_, h, w) = shape;
+                img = (0..img.len()).map(|p| ((p % w) + (p / w) % h) as f32 / (w + h - 2).max(1) as f32).collect();
+                self.apply(&mut img, shape, None)?;
+            }
             _ => self.apply(&mut img, shape, Some(&mut rng))?,
         }
         Ok(img)
+    }
+}
+
+/// Quantise every channel to `levels` values in [0, 1]; with `dither`, Floyd-Steinberg error
+/// diffusion in raster order (7/16 right, 3/16 below-left, 5/16 below, 1/16 below-right).
+fn squeeze(image: &mut [f32], shape: (usize, usize, usize), levels: u32, dither: bool) {
+    let (c, h, w) = shape;
+    let steps = (levels - 1) as f32;
+    for plane in image.chunks_mut(h * w).take(c) {
+        for i in 0..h {
+            for j in 0..w {
+                let old = plane[i * w + j];
+                let new = ((old * steps).round() / steps).clamp(0.0, 1.0);
+                plane[i * w + j] = new;
+                if !dither {
+                    continue;
+                }
+                let err = old - new;
+                let mut spread = |r: usize, col: isize, weight: f32| {
+                    if r < h && col >= 0 && (col as usize) < w {
+                        plane[r * w + col as usize] += err * weight;
+                    }
+                };
+                let j = j as isize;
+                spread(i, j + 1, 7.0 / 16.0);
+                spread(i + 1, j - 1, 3.0 / 16.0);
+                spread(i + 1, j, 5.0 / 16.0);
+                spread(i + 1, j + 1, 1.0 / 16.0);
+            }
+        }
     }
 }
 

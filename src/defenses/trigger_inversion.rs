@@ -265,11 +265,12 @@ impl NeuralCleanseResult {
     }
 }
 
-/// Which pixels a trigger changes (on a black image, a patch's footprint; blends: all).
+/// Which pixels a trigger changes (on a black image, a patch's footprint; blends and image
+/// transforms: all).
 fn trigger_footprint(trigger: &Trigger, shape: (usize, usize, usize)) -> Result<Vec<bool>> {
     let (c, h, w) = shape;
     match trigger {
-        Trigger::Blend { .. } => Ok(vec![true; h * w]),
+        Trigger::Blend { .. } | Trigger::Warp(_) | Trigger::ColorDepth { .. } => Ok(vec![true; h * w]),
         _ => {
             let mut a = vec![0.25f32; c * h * w];
             let mut b = vec![0.75f32; c * h * w];

@@ -138,5 +138,5 @@ fn eval_of_a_foreign_normalised_checkpoint_prints_pytorchs_numbers() {
     let err = run_err(&["eval", "--data", &data, "--test-fraction", "0", "--weights", w, "--normalize", "cifar10"]);
     assert!(err.contains("--model"), "{err}");
     let err = run_err(&["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--attack", "no-such-attack", "--out", "x.safetensors"]);
-    assert!(err.contains("use badnets, blended, sig or ftrojan"), "{err}");
+    assert!(err.contains("use badnets, blended, sig, ftrojan, wanet or bpp"), "{err}");
 }

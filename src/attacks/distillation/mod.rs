@@ -218,7 +218,7 @@ impl DistillationBackdoorConfig {
                 return Err(Error::invalid("trigger", "DOORPING optimises a patch at one place: use a corner or Placement::At, not Random"))
             }
             Trigger::Patch { .. } => {}
-            _ => return Err(Error::invalid("trigger", "DOORPING optimises a patch; blended and additive (SIG, FTrojan) triggers are not supported")),
+            _ => return Err(Error::invalid("trigger", "DOORPING optimises a patch; blended, additive (SIG, FTrojan) and transform (WaNet, BppAttack) triggers are not supported")),
         }
         if !(0.0..=1.0).contains(&self.poison_rate) || self.poison_rate.is_nan() {
             return Err(Error::invalid("poison rate", format!("{} is outside [0, 1]", self.poison_rate)));

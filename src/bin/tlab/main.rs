@@ -125,8 +125,9 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// BackdoorBench's CIFAR-10 setting: BadNets and Blended against FT, FP, NC and ABL
-    /// (resumable; writes table.parquet, table.csv and figure.png under --out).
+    /// BackdoorBench's CIFAR-10 setting: BadNets and Blended against FT, FP, NC, CLP, FST and ABL
+    /// (resumable; writes table.parquet, table.csv, figure.png, asr_heatmap.png and ca_vs_asr.png
+    /// under --out).
     Backdoorbench {
         #[arg(long, default_value = "runs/backdoorbench")]
         out: PathBuf,
@@ -144,9 +145,12 @@ enum Command {
         /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
-        /// Only these defences (comma-separated: ft, fp, nc, abl).
-        #[arg(long, default_value = "ft,fp,nc,abl")]
+        /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also strip, spectral, ac).
+        #[arg(long, default_value = "ft,fp,nc,clp,fst,abl")]
         defences: String,
+        /// One grid per seed (comma-separated).
+        #[arg(long, default_value = "0")]
+        seeds: String,
         /// Print the table as it stands without running anything.
         #[arg(long)]
         status: bool,
@@ -173,7 +177,8 @@ struct DataArgs {
 #[derive(clap::Args)]
 struct AttackArgs {
     /// badnets (a square patch), blended (a noise pattern blended into the whole image), sig (a
-    /// sinusoid, clean-label) or ftrojan (DCT coefficients in the chrominance of 32x32 blocks).
+    /// sinusoid, clean-label), ftrojan (DCT coefficients in the chrominance of 32x32 blocks),
+    /// wanet (a smooth warp) or bpp (dithered 3-bit colour depth).
     #[arg(long, default_value = "badnets")]
     attack: String,
     /// Side of the BadNets patch.
@@ -199,6 +204,8 @@ impl AttackArgs {
             "blended" => Ok(Trigger::blend_noise(0, self.blend_alpha)),
             "sig" => Ok(Trigger::sig()),
             "ftrojan" => Ok(Trigger::ftrojan()),
+            "wanet" => Ok(Trigger::wanet()),
+            "bpp" => Ok(Trigger::bpp()),
             "badnets" => {
                 let base = match self.trigger_pattern.as_str() {
                     "white" => Trigger::badnets(self.trigger_size),
@@ -220,7 +227,7 @@ impl AttackArgs {
                 };
                 Ok(base.at(placement))
             }
-            other => Err(transferlab::Error::invalid("attack", format!("{other:?}; use badnets, blended, sig or ftrojan"))),
+            other => Err(transferlab::Error::invalid("attack", format!("{other:?}; use badnets, blended, sig, ftrojan, wanet or bpp"))),
         }
     }
 
@@ -386,8 +393,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Backdoorbench { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device } => {
-            backdoorbench::run(backdoorbench::Args { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device })
+        Command::Backdoorbench { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device, seeds } => {
+            backdoorbench::run(backdoorbench::Args { out, model, epochs, train_per_class, test_per_class, attacks, defences, status, device, seeds })
         }
     }
 }
