@@ -18,6 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod stats;
 pub mod train;
 pub mod weights;
 

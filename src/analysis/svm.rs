@@ -286,38 +286,8 @@ pub fn standardise(fit: &[f32], apply: &[f32], dim: usize) -> (Vec<f32>, Vec<f32
     (f(fit), f(apply))
 }
 
-/// Area under the ROC curve of `scores` for the positives in `y` (the Mann-Whitney U
-/// statistic, ties counted half). NaN when a class is missing.
-///
-/// ```
-/// use transferlab::analysis::svm::auc;
-/// assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), 0.75);
-/// ```
-pub fn auc(scores: &[f64], y: &[bool]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Average ranks over ties.
-    let mut rank = vec![0f64; scores.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            rank[k] = r;
-        }
-        i = j + 1;
-    }
-    let pos = y.iter().filter(|&&v| v).count() as f64;
-    let neg = y.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return f64::NAN;
-    }
-    let rsum: f64 = rank.iter().zip(y).filter(|(_, &v)| v).map(|(r, _)| r).sum();
-    (rsum - pos * (pos + 1.0) / 2.0) / (pos * neg)
-}
+/// Area under the ROC curve; lives in [`crate::stats`], re-exported here where it was first used.
+pub use crate::stats::auc;
 
 /// A percentile-bootstrap confidence interval for the AUC: `resamples` draws with
 /// replacement, stratified by class so every draw has both classes; returns (low, high) at

@@ -6,6 +6,9 @@
 
 mod probe;
 pub mod abl;
+pub mod clp;
+pub mod detection;
+pub mod feature_shift_tuning;
 pub mod fine_pruning;
 pub mod fine_tuning;
 pub mod nc_unlearning;
@@ -14,6 +17,8 @@ pub mod trigger_inversion;
 
 pub use probe::{check_data, BackdoorProbe};
 pub use abl::{AblConfig, AblResult};
+pub use clp::{ClpConfig, ClpResult};
+pub use feature_shift_tuning::{FstConfig, FstResult};
 pub use fine_pruning::{FinePruningConfig, FinePruningResult};
 pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
 pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
