@@ -68,9 +68,9 @@ mnist:
         --test-fraction 0.2 --out runs/mnist-badnets-cnn.safetensors
 
 # BackdoorBench's CIFAR-10 setting (a benchmark, hours on 2 cores): BadNets and Blended on
-# CIFAR-10 (by hub id; ../shared/data/cifar10-jpeg served offline), ResNet-20, then FT, FP, NC
-# and ABL. Resumable: rerun after a kill. Results in runs/backdoorbench, copied with the
-# command and its wall time to benches/results/backdoorbench/.
+# CIFAR-10 (by hub id; ../shared/data/cifar10-jpeg served offline), ResNet-20, then FT, FP, NC,
+# CLP, FST and ABL (more with --defences). Resumable: rerun after a kill. Results in
+# runs/backdoorbench, copied with the command and its wall time to benches/results/backdoorbench/.
 backdoorbench *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -79,7 +79,7 @@ backdoorbench *ARGS:
     {{with_cifar}} {{tlab}} backdoorbench --out runs/backdoorbench {{ARGS}}
     end=$(date +%s)
     mkdir -p benches/results/backdoorbench
-    cp runs/backdoorbench/table.csv runs/backdoorbench/table.parquet runs/backdoorbench/figure.png benches/results/backdoorbench/
+    cp runs/backdoorbench/table.csv runs/backdoorbench/table.parquet runs/backdoorbench/*.png benches/results/backdoorbench/
     echo "just backdoorbench {{ARGS}}: this invocation $((end - start)) s (a resumed run adds to earlier ones; per-cell seconds are in the table)" >> benches/results/backdoorbench/RUNS.txt
 
 # Training and inference speed and peak memory against PyTorch CPU (pip, in .venv-bench),

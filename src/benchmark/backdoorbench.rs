@@ -10,12 +10,13 @@
 use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
-use crate::defenses::{abl, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, FinePruningConfig, FineTuningConfig, NcUnlearningConfig};
+use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, SpectralSignaturesConfig, StripConfig};
+use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, NcUnlearningConfig};
 use crate::error::{Error, Result};
 use crate::hub::{load_dataset, DatasetRequest, Hub};
 use crate::models::{InputNorm, ModelSpec, Network};
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{BarChart, Chart, Figure, Outcome, Sweep, SweepConfig};
+use crate::report::{BarChart, Chart, Figure, Heatmap, Outcome, ScatterChart, Sweep, SweepConfig};
 use crate::train::{train, History, LrSchedule, OptimizerConfig, TrainConfig};
 use candle_core::Device;
 use polars::prelude::{DataFrame, NamedFrom, Series};
@@ -61,6 +62,18 @@ impl BenchAttack {
         Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison }
     }
 
+    /// WaNet (Nguyen & Tran 2021) in its poison-only form ([`PoisoningAttackConfig::wanet`]):
+    /// the k = 4, s = 0.5 warp on 10 % of the training set, dirty-label to class 0.
+    pub fn wanet() -> Self {
+        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison }
+    }
+
+    /// BppAttack (Wang et al. 2022) in its poison-only form ([`PoisoningAttackConfig::bpp`]):
+    /// 3-bit dithered colour depth on 10 %, dirty-label to class 0.
+    pub fn bpp() -> Self {
+        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison }
+    }
+
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
@@ -84,23 +97,74 @@ pub enum BenchDefence {
     NeuralCleanse(NcUnlearningConfig),
     /// Anti-backdoor learning (Li et al. 2021): trains its own model on the poisoned data.
     Abl(AblConfig),
+    /// Channel Lipschitzness-based Pruning (Zheng et al. 2022): data-free.
+    Clp(ClpConfig),
+    /// Feature Shift Tuning (Min et al. 2023) on the defender's clean data.
+    Fst(FstConfig),
+    /// STRIP (Gao et al. 2019) as an input filter: the model's CA/ASR/RA behind it.
+    Strip(StripConfig),
+    /// Spectral Signatures (Tran et al. 2018) as a removal defence: the flagged samples
+    /// dropped, a model retrained with the benchmark's recipe.
+    SpectralSignatures(SpectralSignaturesConfig),
+    /// Activation Clustering (Chen et al. 2018) as a removal defence, retrained likewise.
+    ActivationClustering(ActivationClusteringConfig),
 }
 
 impl BenchDefence {
-    /// The table's `defence` column: `ft`, `fp`, `nc`, `abl` (BackdoorBench's names).
+    /// Every defence's name, in the benchmark's order.
+    pub const NAMES: [&'static str; 9] = ["ft", "fp", "nc", "clp", "fst", "strip", "abl", "spectral", "ac"];
+
+    /// The defence called `name` (see [`Self::NAMES`]) with the benchmark's settings: its
+    /// paper's defaults, CIFAR-10's crop and flip where it trains, and ABL's phases shortened
+    /// to the benchmark's 20-epoch budget.
+    ///
+    /// ```
+    /// use transferlab::benchmark::BenchDefence;
+    /// assert_eq!(BenchDefence::by_name("spectral").unwrap().name(), "spectral");
+    /// assert!(BenchDefence::by_name("nad").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, strip, abl, spectral, ac"));
+    /// ```
+    pub fn by_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "ft" => BenchDefence::FineTuning(FineTuningConfig { augment: Augment::cifar(), ..FineTuningConfig::default() }),
+            "fp" => BenchDefence::FinePruning(FinePruningConfig::default()),
+            "nc" => BenchDefence::NeuralCleanse(NcUnlearningConfig { augment: Augment::cifar(), ..NcUnlearningConfig::default() }),
+            "abl" => BenchDefence::Abl(AblConfig {
+                isolation_epochs: 5,
+                clean_epochs: 15,
+                unlearning_epochs: 5,
+                batch_size: 128,
+                augment: Augment::cifar(),
+                baseline: false,
+                ..AblConfig::default()
+            }),
+            "clp" => BenchDefence::Clp(ClpConfig::default()),
+            "fst" => BenchDefence::Fst(FstConfig { augment: Augment::cifar(), ..FstConfig::default() }),
+            "strip" => BenchDefence::Strip(StripConfig::default()),
+            "spectral" => BenchDefence::SpectralSignatures(SpectralSignaturesConfig::default()),
+            "ac" => BenchDefence::ActivationClustering(ActivationClusteringConfig::default()),
+            other => return Err(Error::invalid("defence", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
+        })
+    }
+
+    /// The table's `defence` column (BackdoorBench's names).
     pub fn name(&self) -> &'static str {
         match self {
             BenchDefence::FineTuning(_) => "ft",
             BenchDefence::FinePruning(_) => "fp",
             BenchDefence::NeuralCleanse(_) => "nc",
             BenchDefence::Abl(_) => "abl",
+            BenchDefence::Clp(_) => "clp",
+            BenchDefence::Fst(_) => "fst",
+            BenchDefence::Strip(_) => "strip",
+            BenchDefence::SpectralSignatures(_) => "spectral",
+            BenchDefence::ActivationClustering(_) => "ac",
         }
     }
 
-    /// Whether the defence trains its own model from the poisoned data instead of working on
-    /// the trained one.
+    /// Whether the defence trains a model of its own from the poisoned data (a whole training
+    /// run) instead of only working on the trained one.
     pub fn retrains(&self) -> bool {
-        matches!(self, BenchDefence::Abl(_))
+        matches!(self, BenchDefence::Abl(_) | BenchDefence::SpectralSignatures(_) | BenchDefence::ActivationClustering(_))
     }
 
     fn settings(&self) -> String {
@@ -115,6 +179,11 @@ impl BenchDefence {
                 format!("{c:?}")
             }
             BenchDefence::Abl(c) => format!("{:?}", AblConfig { progress: ProgressMode::Hidden, device: Device::Cpu, ..c.clone() }),
+            BenchDefence::Clp(c) => format!("{c:?}"),
+            BenchDefence::Fst(c) => format!("{:?}", FstConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::Strip(c) => format!("{:?}", StripConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::SpectralSignatures(c) => format!("{c:?}"),
+            BenchDefence::ActivationClustering(c) => format!("{c:?}"),
         }
     }
 }
@@ -126,7 +195,8 @@ impl BenchDefence {
 /// with the CIFAR statistics inside the model, SGD (momentum 0.9, weight decay 5e-4), lr 0.1
 /// cosine-annealed over 20 epochs (BackdoorBench: 0.01 over 100 epochs for PreAct-ResNet-18),
 /// batch 128, random crop (padding 4) and flip; BadNets and Blended at 10 %, target 0; the
-/// defender holds 5 % of the clean training set; FT, FP, NC and ABL. ABL trains its own model
+/// defender holds 5 % of the clean training set; FT, FP, NC, CLP, FST and ABL (STRIP, Spectral
+/// Signatures and Activation Clustering by [`BenchDefence::by_name`]). ABL trains its own model
 /// in the attacked model's budget: 5 LGA isolation epochs, 15 on the rest, 5 unlearning
 /// epochs at 5e-4 (BackdoorBench: 10 + 60 + 5 against 100 training epochs).
 #[derive(Debug, Clone)]
@@ -147,7 +217,9 @@ pub struct BackdoorBenchConfig {
     pub train: TrainConfig,
     /// Fraction of the clean training set the defender holds (BackdoorBench: 5 %).
     pub defender_fraction: f64,
-    pub seed: u64,
+    /// One grid per seed: each seed draws its own data subset, defender split, poisoning and
+    /// initialisation (BackdoorBench reports one seed; more give the spread).
+    pub seeds: Vec<u64>,
     pub device: Device,
     /// Models, checkpoints, the cell log, the table (`table.parquet`, `table.csv`) and the figure.
     pub out_dir: PathBuf,
@@ -156,17 +228,6 @@ pub struct BackdoorBenchConfig {
 
 impl Default for BackdoorBenchConfig {
     fn default() -> Self {
-        let ft = FineTuningConfig { augment: Augment::cifar(), ..FineTuningConfig::default() };
-        let nc = NcUnlearningConfig { augment: Augment::cifar(), ..NcUnlearningConfig::default() };
-        let abl = AblConfig {
-            isolation_epochs: 5,
-            clean_epochs: 15,
-            unlearning_epochs: 5,
-            batch_size: 128,
-            augment: Augment::cifar(),
-            baseline: false,
-            ..AblConfig::default()
-        };
         Self {
             dataset: "uoft-cs/cifar10".into(),
             train_per_class: None,
@@ -174,12 +235,7 @@ impl Default for BackdoorBenchConfig {
             model: "resnet20".into(),
             normalize: Some(InputNorm::parse("cifar10").expect("known statistics")),
             attacks: vec![BenchAttack::badnets(), BenchAttack::blended()],
-            defences: vec![
-                BenchDefence::FineTuning(ft),
-                BenchDefence::FinePruning(FinePruningConfig::default()),
-                BenchDefence::NeuralCleanse(nc),
-                BenchDefence::Abl(abl),
-            ],
+            defences: ["ft", "fp", "nc", "clp", "fst", "abl"].iter().map(|n| BenchDefence::by_name(n).expect("a known defence")).collect(),
             train: TrainConfig {
                 epochs: 20,
                 batch_size: 128,
@@ -189,7 +245,7 @@ impl Default for BackdoorBenchConfig {
                 ..TrainConfig::default()
             },
             defender_fraction: 0.05,
-            seed: 0,
+            seeds: vec![0],
             device: Device::Cpu,
             out_dir: PathBuf::from("runs/backdoorbench"),
             progress: ProgressMode::Bar,
@@ -234,6 +290,12 @@ impl BackdoorBenchConfig {
         if !(self.defender_fraction > 0.0 && self.defender_fraction < 1.0) {
             return Err(Error::invalid("defender fraction", format!("{} must be in (0, 1)", self.defender_fraction)));
         }
+        let mut seeds = self.seeds.clone();
+        seeds.sort_unstable();
+        seeds.dedup();
+        if self.seeds.is_empty() || seeds.len() != self.seeds.len() {
+            return Err(Error::invalid("benchmark seeds", format!("{:?}: give one or more distinct seeds (BackdoorBench: one, 0)", self.seeds)));
+        }
         if self.attacks.is_empty() {
             return Err(Error::invalid("benchmark", "no attack given; add BenchAttack::badnets() or another"));
         }
@@ -244,6 +306,16 @@ impl BackdoorBenchConfig {
             return Err(Error::invalid("benchmark", "two attacks share a name; give each a distinct name"));
         }
         Ok(())
+    }
+
+    /// The seed of a one-seed configuration (the first seed of a grid).
+    fn seed(&self) -> u64 {
+        self.seeds[0]
+    }
+
+    /// This configuration for `seed` alone.
+    fn for_seed(&self, seed: u64) -> Self {
+        Self { seeds: vec![seed], ..self.clone() }
     }
 
     /// Everything a trained model depends on, as text (hashed into file names and cell keys).
@@ -260,7 +332,7 @@ impl BackdoorBenchConfig {
             train,
             attack.poison,
             self.defender_fraction,
-            self.seed
+            self.seed()
         )
     }
 
@@ -268,7 +340,7 @@ impl BackdoorBenchConfig {
         let mut c = SweepConfig::new();
         c.insert("attack".into(), Value::from(attack.name.clone()));
         c.insert("defence".into(), Value::from(defence));
-        c.insert("seed".into(), Value::from(self.seed));
+        c.insert("seed".into(), Value::from(self.seed()));
         c.insert("fingerprint".into(), Value::from(short_hash(&format!("{}|{defence}|{settings}", self.model_settings(attack)))));
         c
     }
@@ -293,7 +365,7 @@ impl BackdoorBenchConfig {
 
     fn model_path(&self, attack: &BenchAttack, ext: &str) -> PathBuf {
         let tag = short_hash(&self.model_settings(attack));
-        self.out_dir.join("models").join(format!("{}-seed{}-{tag}.{ext}", attack.name, self.seed))
+        self.out_dir.join("models").join(format!("{}-seed{}-{tag}.{ext}", attack.name, self.seed()))
     }
 }
 
@@ -310,13 +382,26 @@ impl BackdoorBenchConfig {
 /// ```
 pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     cfg.validate()?;
+    let progress = Progress::new("backdoorbench cells", (cfg.plan().len() * cfg.seeds.len()) as u64, cfg.progress);
+    write_outputs(cfg, &collect(cfg, &cfg.sweep())?)?;
+    let mut histories = Vec::new();
+    for &seed in &cfg.seeds {
+        histories.extend(run_seed(&cfg.for_seed(seed), cfg, &progress)?);
+    }
+    progress.finish();
+    let mut result = collect(cfg, &cfg.sweep())?;
+    result.histories = histories;
+    write_outputs(cfg, &result)?;
+    Ok(result)
+}
+
+/// One seed's grid; `all` is the whole configuration, whose table is rewritten after each cell.
+fn run_seed(cfg: &BackdoorBenchConfig, all: &BackdoorBenchConfig, progress: &Progress) -> Result<Vec<(String, History)>> {
     let sweep = cfg.sweep();
     let plan = cfg.plan();
     let (train_set, test_set) = load_data(cfg)?;
-    let (defender, _) = train_set.split(cfg.defender_fraction, cfg.seed, true)?;
+    let (defender, _) = train_set.split(cfg.defender_fraction, cfg.seed(), true)?;
     let mut histories = Vec::new();
-    let progress = Progress::new("backdoorbench cells", plan.len() as u64, cfg.progress);
-    write_outputs(cfg, &collect(cfg, &sweep)?)?;
     // Two passes: first every defence that works on the trained model (cheap), then those that
     // train their own model from the poisoned data (ABL: a whole training run each), so that
     // an interrupted run has the most cells for its time.
@@ -330,7 +415,7 @@ pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
                 progress.inc(cells.len() as u64);
                 continue;
             }
-            let poisoned = poison(&train_set, &PoisonConfig { seed: cfg.seed, ..attack.poison.clone() })?;
+            let poisoned = poison(&train_set, &PoisonConfig { seed: cfg.seed(), ..attack.poison.clone() })?;
             let probe = BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target);
             let started = Instant::now();
             let (net, history) = train_or_load(cfg, attack, &poisoned, &test_set)?;
@@ -349,7 +434,7 @@ pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
             };
             if !retrains {
                 progress.inc(1);
-                write_outputs(cfg, &collect(cfg, &sweep)?)?;
+                write_outputs(all, &collect(all, &sweep)?)?;
             }
             for defence in cfg.defences.iter().filter(|d| d.retrains() == retrains) {
                 if attack.is_clean() {
@@ -364,15 +449,45 @@ pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
                     Ok(metric_values(&after, Some(der), started.elapsed().as_secs_f64()))
                 })?;
                 progress.inc(1);
-                write_outputs(cfg, &collect(cfg, &sweep)?)?;
+                write_outputs(all, &collect(all, &sweep)?)?;
             }
         }
     }
-    progress.finish();
-    let mut result = collect(cfg, &sweep)?;
-    result.histories = histories;
-    write_outputs(cfg, &result)?;
-    Ok(result)
+    Ok(histories)
+}
+
+/// What the defences of one attack see, for the first seed: the trained (backdoored) model,
+/// the poisoned training set, the defender's clean data and the probe (test set, trigger,
+/// target). For methods outside the grid, such as the detectors, run on the grid's models.
+#[derive(Debug)]
+pub struct AttackCell {
+    pub net: Network,
+    pub poisoned: Dataset,
+    pub defender: Dataset,
+    pub probe: BackdoorProbe,
+}
+
+impl BackdoorBenchConfig {
+    /// The inputs of `attack`'s cells (first seed), with the model [`run`] trained and saved;
+    /// an error says so if it has not been trained yet.
+    pub fn attack_cell(&self, attack: &BenchAttack) -> Result<AttackCell> {
+        let one = self.for_seed(self.seed());
+        let weights = one.model_path(attack, "safetensors");
+        if !weights.exists() {
+            return Err(Error::invalid(
+                "benchmark model",
+                format!("{} for attack {:?} is not trained yet; run backdoorbench::run with this configuration first", weights.display(), attack.name),
+            ));
+        }
+        let (train_set, test_set) = load_data(&one)?;
+        let (defender, _) = train_set.split(one.defender_fraction, one.seed(), true)?;
+        Ok(AttackCell {
+            net: Network::from_file(&weights, &one.device)?,
+            poisoned: poison(&train_set, &PoisonConfig { seed: one.seed(), ..attack.poison.clone() })?,
+            defender,
+            probe: BackdoorProbe::new(test_set, attack.poison.trigger.clone(), attack.poison.target),
+        })
+    }
 }
 
 /// The table as it stands in `out_dir` (finished cells from the log, the rest pending),
@@ -386,14 +501,17 @@ pub fn status(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
 
 fn collect(cfg: &BackdoorBenchConfig, sweep: &Sweep) -> Result<BackdoorBenchResult> {
     let mut cells = Vec::new();
-    for (a, defence, settings) in cfg.plan() {
-        let attack = &cfg.attacks[a];
-        let row = sweep.row_of(&cfg.cell_key(attack, &defence, &settings))?;
-        let (status, metrics, der, seconds) = match &row {
-            Some(r) => (CellStatus::Done, Some(metrics_of(r)?), r.get("der").and_then(Value::as_f64), r.get("seconds").and_then(Value::as_f64)),
-            None => (CellStatus::Pending, None, None, None),
-        };
-        cells.push(BenchCell { attack: attack.name.clone(), defence, seed: cfg.seed, status, metrics, der, seconds });
+    for &seed in &cfg.seeds {
+        let one = cfg.for_seed(seed);
+        for (a, defence, settings) in one.plan() {
+            let attack = &one.attacks[a];
+            let row = sweep.row_of(&one.cell_key(attack, &defence, &settings))?;
+            let (status, metrics, der, seconds) = match &row {
+                Some(r) => (CellStatus::Done, Some(metrics_of(r)?), r.get("der").and_then(Value::as_f64), r.get("seconds").and_then(Value::as_f64)),
+                None => (CellStatus::Pending, None, None, None),
+            };
+            cells.push(BenchCell { attack: attack.name.clone(), defence, seed, status, metrics, der, seconds });
+        }
     }
     Ok(BackdoorBenchResult { cells, histories: Vec::new() })
 }
@@ -402,7 +520,13 @@ fn write_outputs(cfg: &BackdoorBenchConfig, result: &BackdoorBenchResult) -> Res
     let df = result.to_dataframe()?;
     crate::report::save_table(&df, cfg.out_dir.join("table.parquet"))?;
     crate::report::save_table(&df, cfg.out_dir.join("table.csv"))?;
-    result.figure()?.save(cfg.out_dir.join("figure.png"))
+    result.figure()?.save(cfg.out_dir.join("figure.png"))?;
+    // The grid views need one finished cell.
+    if result.cells.iter().any(|c| c.metrics.is_some()) {
+        result.asr_heatmap().save(cfg.out_dir.join("asr_heatmap.png"))?;
+        result.ca_asr_scatter().save(cfg.out_dir.join("ca_vs_asr.png"))?;
+    }
+    Ok(())
 }
 
 fn load_data(cfg: &BackdoorBenchConfig) -> Result<(Dataset, Dataset)> {
@@ -410,7 +534,7 @@ fn load_data(cfg: &BackdoorBenchConfig) -> Result<(Dataset, Dataset)> {
     let load = |split: &str, per_class: Option<usize>| -> Result<Dataset> {
         let ds = load_dataset(&hub, &DatasetRequest::new(&cfg.dataset, split))?;
         match per_class {
-            Some(k) => ds.per_class_sample(k, cfg.seed),
+            Some(k) => ds.per_class_sample(k, cfg.seed()),
             None => Ok(ds),
         }
     };
@@ -426,9 +550,9 @@ fn train_or_load(cfg: &BackdoorBenchConfig, attack: &BenchAttack, poisoned: &Dat
     if let Some(n) = &cfg.normalize {
         spec = spec.normalized(n.clone())?;
     }
-    let mut net = Network::new(&spec, cfg.seed, &cfg.device)?;
+    let mut net = Network::new(&spec, cfg.seed(), &cfg.device)?;
     let checkpoint = cfg.model_path(attack, "ckpt");
-    let tc = TrainConfig { checkpoint: Some(checkpoint.clone()), seed: cfg.seed, progress: cfg.progress, ..cfg.train.clone() };
+    let tc = TrainConfig { checkpoint: Some(checkpoint.clone()), seed: cfg.seed(), progress: cfg.progress, ..cfg.train.clone() };
     let history = train(&mut net, poisoned, Some(test), &tc)?;
     net.save(&weights)?;
     crate::report::save_table(&history.to_dataframe()?, cfg.model_path(attack, "history.csv"))?;
@@ -445,7 +569,7 @@ fn apply_defence(
     probe: &BackdoorProbe,
     cfg: &BackdoorBenchConfig,
 ) -> Result<BackdoorMetrics> {
-    let seed = |s: u64| s.wrapping_add(cfg.seed);
+    let seed = |s: u64| s.wrapping_add(cfg.seed());
     Ok(match defence {
         BenchDefence::FineTuning(c) => {
             let mut model = net.duplicate()?;
@@ -465,7 +589,28 @@ fn apply_defence(
             let r = abl::run(poisoned, net.spec(), probe, &AblConfig { seed: seed(c.seed), device: cfg.device.clone(), ..c.clone() })?;
             r.final_metrics()
         }
+        BenchDefence::Clp(c) => clp::run(net, probe, c)?.after,
+        BenchDefence::Fst(c) => feature_shift_tuning::run(net, defender, probe, &FstConfig { seed: seed(c.seed), ..c.clone() })?.after,
+        BenchDefence::Strip(c) => strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?.behind_filter,
+        BenchDefence::SpectralSignatures(c) => {
+            let c = SpectralSignaturesConfig { retrain: Some(retrain_recipe(cfg)), seed: seed(c.seed), ..c.clone() };
+            retrained(spectral_signatures::run(net, poisoned, probe, &c)?.retrained, "spectral signatures")?
+        }
+        BenchDefence::ActivationClustering(c) => {
+            let c = ActivationClusteringConfig { retrain: Some(retrain_recipe(cfg)), seed: seed(c.seed), ..c.clone() };
+            retrained(activation_clustering::run(net, poisoned, probe, &c)?.retrained, "activation clustering")?
+        }
     })
+}
+
+/// The victim's own recipe, for removal defences' retraining (no checkpoint: a killed retrain
+/// restarts its cell).
+fn retrain_recipe(cfg: &BackdoorBenchConfig) -> TrainConfig {
+    TrainConfig { seed: cfg.seed(), progress: cfg.progress, checkpoint: None, ..cfg.train.clone() }
+}
+
+fn retrained(m: Option<BackdoorMetrics>, what: &str) -> Result<BackdoorMetrics> {
+    m.ok_or_else(|| Error::invalid("defence result", format!("{what} was given a recipe but retrained nothing")))
 }
 
 fn last_metrics(rows: &[(String, BackdoorMetrics)], what: &str) -> Result<BackdoorMetrics> {
@@ -506,6 +651,43 @@ fn short_hash(text: &str) -> String {
     d.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+impl BackdoorBenchResult {
+    /// The grid at a glance: ASR (%) per attack (rows) and defence (columns, `none` first),
+    /// averaged over seeds; cells with no finished seed are grey `?`.
+    pub fn asr_heatmap(&self) -> Figure {
+        let mut attacks: Vec<String> = Vec::new();
+        let mut defences: Vec<String> = Vec::new();
+        for c in &self.cells {
+            if !attacks.contains(&c.attack) {
+                attacks.push(c.attack.clone());
+            }
+            if !defences.contains(&c.defence) {
+                defences.push(c.defence.clone());
+            }
+        }
+        let values = attacks
+            .iter()
+            .flat_map(|a| defences.iter().map(move |d| (a, d)))
+            .map(|(a, d)| {
+                let done: Vec<f64> =
+                    self.cells.iter().filter(|c| &c.attack == a && &c.defence == d).filter_map(|c| c.metrics.map(|m| 100.0 * m.attack_success_rate)).collect();
+                if done.is_empty() { f64::NAN } else { done.iter().sum::<f64>() / done.len() as f64 }
+            })
+            .collect();
+        let chart = Heatmap::new("Attack success rate (%) after each defence", attacks, defences, values).axes("attack", "defence");
+        Figure::new(Chart::Heatmap(chart)).with_size(1000, 520)
+    }
+
+    /// CA against ASR (%) of every finished cell, labelled attack/defence: a good defence sits
+    /// at the bottom right.
+    pub fn ca_asr_scatter(&self) -> Figure {
+        let done: Vec<&BenchCell> = self.cells.iter().filter(|c| c.metrics.is_some()).collect();
+        let points = done.iter().filter_map(|c| c.metrics.map(|m| (100.0 * m.clean_accuracy, 100.0 * m.attack_success_rate))).collect();
+        let labels = done.iter().map(|c| format!("{}/{}", c.attack, c.defence)).collect();
+        Figure::new(Chart::Scatter(ScatterChart::new("Clean accuracy vs attack success rate per cell", "CA (%)", "ASR (%)", points).labels(labels)))
+    }
+}
+
 impl Outcome for BackdoorBenchResult {
     /// One row per cell: attack, defence, seed, status (`done` / `pending`), ca, asr, ra, der,
     /// seconds (null while pending), and BackdoorBench's published `bb_ca`, `bb_asr` (%, null
@@ -533,10 +715,14 @@ impl Outcome for BackdoorBenchResult {
     /// CA and ASR per cell, ours beside BackdoorBench's published PreAct-ResNet-18 numbers;
     /// pending cells are marked `?` and drawn empty.
     fn figure(&self) -> Result<Figure> {
+        let several_seeds = self.cells.iter().any(|c| c.seed != self.cells[0].seed);
         let labels: Vec<String> = self
             .cells
             .iter()
-            .map(|c| format!("{}/{}{}", c.attack, c.defence, if c.status == CellStatus::Pending { " ?" } else { "" }))
+            .map(|c| {
+                let seed = if several_seeds { format!(" s{}", c.seed) } else { String::new() };
+                format!("{}/{}{seed}{}", c.attack, c.defence, if c.status == CellStatus::Pending { " ?" } else { "" })
+            })
             .collect();
         let ours = |f: &dyn Fn(&BackdoorMetrics) -> f64| self.cells.iter().map(|c| c.metrics.as_ref().map_or(0.0, |m| 100.0 * f(m))).collect::<Vec<_>>();
         let theirs = |i: usize| {

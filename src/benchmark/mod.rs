@@ -5,5 +5,5 @@
 pub mod backdoorbench;
 mod published;
 
-pub use backdoorbench::{BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
+pub use backdoorbench::{AttackCell, BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
 pub use published::{published, PUBLISHED_PREACT_RESNET18_CIFAR10};

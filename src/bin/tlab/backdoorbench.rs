@@ -1,7 +1,7 @@
 //! `tlab backdoorbench`: BackdoorBench's CIFAR-10 setting from the command line.
 
 use std::path::PathBuf;
-use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack};
+use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack, BenchDefence};
 use transferlab::report::Outcome;
 use transferlab::train::LrSchedule;
 use transferlab::{Error, Result};
@@ -16,6 +16,7 @@ pub struct Args {
     pub defences: String,
     pub status: bool,
     pub device: String,
+    pub seeds: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -25,6 +26,11 @@ pub fn run(a: Args) -> Result<()> {
         train_per_class: a.train_per_class,
         test_per_class: a.test_per_class,
         device: transferlab::runtime::parse_device(&a.device)?,
+        seeds: a
+            .seeds
+            .split(',')
+            .map(|x| x.trim().parse::<u64>().map_err(|_| Error::invalid("seeds", format!("{x:?} is not a seed; give comma-separated integers, e.g. 0,1,2"))))
+            .collect::<Result<_>>()?,
         ..BackdoorBenchConfig::default()
     };
     cfg.train.epochs = a.epochs;
@@ -39,17 +45,15 @@ pub fn run(a: Args) -> Result<()> {
             "blended" => Ok(BenchAttack::blended()),
             "sig" => Ok(BenchAttack::sig()),
             "ftrojan" => Ok(BenchAttack::ftrojan()),
+            "wanet" => Ok(BenchAttack::wanet()),
+            "bpp" => Ok(BenchAttack::bpp()),
             "clean" => Ok(BenchAttack::clean()),
-            other => Err(Error::invalid("attack", format!("{other:?}; use badnets, blended, sig, ftrojan or clean"))),
+            other => Err(Error::invalid("attack", format!("{other:?}; use badnets, blended, sig, ftrojan, wanet, bpp or clean"))),
         })
         .collect::<Result<_>>()?;
-    let wanted: Vec<&str> = a.defences.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
-    if let Some(bad) = wanted.iter().find(|d| !["ft", "fp", "nc", "abl"].contains(d)) {
-        return Err(Error::invalid("defence", format!("{bad:?}; use ft, fp, nc or abl")));
-    }
-    cfg.defences.retain(|d| wanted.contains(&d.name()));
+    cfg.defences = a.defences.split(',').map(str::trim).filter(|d| !d.is_empty()).map(BenchDefence::by_name).collect::<Result<_>>()?;
     let result = if a.status { backdoorbench::status(&cfg)? } else { backdoorbench::run(&cfg)? };
     println!("{}", result.to_dataframe()?);
-    println!("table: {0}/table.parquet, {0}/table.csv; figure: {0}/figure.png", a.out.display());
+    println!("table: {0}/table.parquet, {0}/table.csv; figures: {0}/figure.png, {0}/asr_heatmap.png, {0}/ca_vs_asr.png", a.out.display());
     Ok(())
 }

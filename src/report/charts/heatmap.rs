@@ -16,7 +16,8 @@ pub struct Heatmap {
     pub col_label: String,
     pub rows: Vec<String>,
     pub cols: Vec<String>,
-    /// Row-major values, `rows.len() * cols.len()` of them.
+    /// Row-major values, `rows.len() * cols.len()` of them; NaN marks a missing cell (drawn
+    /// grey with a `?`, e.g. a result still running).
     pub values: Vec<f64>,
     /// Write each value in its cell.
     pub annotate: bool,
@@ -56,11 +57,11 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
     if nr == 0 || nc == 0 || h.values.len() != nr * nc {
         return Err(Error::Figure(format!("a {nr}x{nc} heatmap needs {} values, got {}", nr * nc, h.values.len())));
     }
-    if h.values.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Figure("heatmap values must be finite".into()));
+    if h.values.iter().any(|v| v.is_infinite()) || h.values.iter().all(|v| v.is_nan()) {
+        return Err(Error::Figure("heatmap values must be finite (NaN marks a missing cell), and at least one present".into()));
     }
-    let lo = h.values.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = h.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lo = h.values.iter().cloned().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
+    let hi = h.values.iter().cloned().filter(|v| !v.is_nan()).fold(f64::NEG_INFINITY, f64::max);
     let (rows, cols) = (h.rows.clone(), h.cols.clone());
     let (width, _) = area.dim_in_pixel();
     let (area, bar) = area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
@@ -89,16 +90,15 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
         for c in 0..nc {
             let v = h.values[r * nc + c];
             let y0 = (nr - 1 - r) as f64;
-            chart
-                .draw_series(std::iter::once(Rectangle::new([(c as f64, y0), (c as f64 + 1.0, y0 + 1.0)], cell_colour(v, lo, hi).filled())))
-                .map_err(fig_err)?;
+            let colour = if v.is_nan() { RGBColor(215, 215, 215) } else { cell_colour(v, lo, hi) };
+            chart.draw_series(std::iter::once(Rectangle::new([(c as f64, y0), (c as f64 + 1.0, y0 + 1.0)], colour.filled()))).map_err(fig_err)?;
             if h.annotate && nr * nc <= 400 {
                 let style = TextStyle::from((FAMILY, TICK_SIZE).into_font()).pos(plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Center,
                 ));
                 chart
-                    .draw_series(std::iter::once(Text::new(format!("{v:.2}"), (c as f64 + 0.5, y0 + 0.5), style)))
+                    .draw_series(std::iter::once(Text::new(if v.is_nan() { "?".to_string() } else { format!("{v:.2}") }, (c as f64 + 0.5, y0 + 0.5), style)))
                     .map_err(fig_err)?;
             }
         }

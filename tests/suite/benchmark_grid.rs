@@ -1,0 +1,66 @@
+//! The attacks x defences x seeds grid (`benchmark::backdoorbench`) on a small CIFAR-10 subset:
+//! every cell finishes, a rerun recomputes nothing and gives the same table, the grid figures
+//! are written. Needs CIFAR-10 by its hub id (`just test` serves it offline).
+
+use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack, BenchDefence, CellStatus};
+use transferlab::defenses::FstConfig;
+use transferlab::report::Outcome;
+use transferlab::train::{LrSchedule, ProgressMode};
+
+#[test]
+fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
+    if std::env::var("TLAB_CIFAR_HUB").is_err() {
+        eprintln!("skipped: CIFAR-10 is not served (run through tests/with_cifar_hub.sh, as `just test` does)");
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("transferlab_grid_test_{}", std::process::id()));
+    std::fs::remove_dir_all(&out_dir).ok();
+    let mut cfg = BackdoorBenchConfig {
+        train_per_class: Some(20),
+        test_per_class: Some(10),
+        model: "resnet8".into(),
+        attacks: vec![BenchAttack::badnets()],
+        defences: vec![
+            BenchDefence::by_name("clp").unwrap(),
+            BenchDefence::Fst(FstConfig { epochs: 1, ..FstConfig::default() }),
+            BenchDefence::by_name("spectral").unwrap(),
+        ],
+        seeds: vec![0, 1],
+        out_dir: out_dir.clone(),
+        progress: ProgressMode::Hidden,
+        ..BackdoorBenchConfig::default()
+    };
+    cfg.train.epochs = 2;
+    cfg.train.batch_size = 32;
+    cfg.train.schedule = LrSchedule::Cosine { lr: 0.05, min_lr: 0.0, epochs: 2.0 };
+
+    let e = cfg.attack_cell(&cfg.attacks[0]).unwrap_err().to_string();
+    assert!(e.contains("not trained yet"), "{e}");
+    let first = backdoorbench::run(&cfg).unwrap();
+    assert_eq!(first.cells.len(), 2 * 4, "2 seeds x (none + 3 defences)");
+    assert!(first.cells.iter().all(|c| c.status == CellStatus::Done), "{:?}", first.cells);
+    assert_eq!(first.histories.len(), 2, "one model trained per seed");
+    for file in ["table.parquet", "table.csv", "figure.png", "asr_heatmap.png", "ca_vs_asr.png"] {
+        assert!(out_dir.join(file).exists(), "{file} was not written");
+    }
+    // The two seeds are two different experiments.
+    let ca = |seed: u64| first.cells.iter().find(|c| c.seed == seed && c.defence == "none").unwrap().metrics.unwrap();
+    assert_ne!(ca(0), ca(1));
+    // The grid's model, data and probe, for methods outside the grid: the same numbers.
+    let cell = cfg.attack_cell(&cfg.attacks[0]).unwrap();
+    assert_eq!(cell.probe.measure(&cell.net).unwrap(), ca(0));
+    assert_eq!(cell.poisoned.poisoned_flags().iter().filter(|&&f| f).count(), 20);
+
+    // A rerun finds every cell in the log and every model on disk: nothing is trained again.
+    let second = backdoorbench::run(&cfg).unwrap();
+    assert!(second.histories.is_empty(), "a finished grid retrained a model");
+    let table = first.to_dataframe().unwrap();
+    assert!(table.equals_missing(&second.to_dataframe().unwrap()), "a rerun changed the table");
+    assert!(table.equals_missing(&backdoorbench::status(&cfg).unwrap().to_dataframe().unwrap()));
+
+    // Another recipe is another experiment: its cells are pending, never the old numbers.
+    cfg.train.epochs = 3;
+    let other = backdoorbench::status(&cfg).unwrap();
+    assert!(other.cells.iter().all(|c| c.status == CellStatus::Pending));
+    std::fs::remove_dir_all(&out_dir).ok();
+}
