@@ -66,7 +66,8 @@ fn strip_rejects_triggered_inputs_and_keeps_clean_ones() {
 #[test]
 fn scale_up_on_digits_measures_consistency_but_cannot_separate() {
     let (c, net) = shared();
-    let r = scale_up::run(net, &c.defender, &c.probe, &Default::default()).unwrap();
+    let calibrated = scale_up::ScaleUpConfig { threshold: None, ..Default::default() };
+    let r = scale_up::run(net, &c.defender, &c.probe, &calibrated).unwrap();
     println!("SCALE-UP: {:?}", r.detection);
     assert!(r.scores.iter().all(|s| [0.0, 0.2, 0.4, 0.6, 0.8, 1.0].iter().any(|v| (v - s).abs() < 1e-9)), "SPC over 5 scales");
     assert!(r.detection.false_positive_rate <= 0.05, "{:?}", r.detection);
@@ -75,7 +76,9 @@ fn scale_up_on_digits_measures_consistency_but_cannot_separate() {
 
 /// SCALE-UP's claim (Guo et al. 2023) on natural images: a BadNets model on a CIFAR-10 subset
 /// keeps its (target) prediction under pixel amplification on triggered inputs far more often
-/// than on clean ones.
+/// than on clean ones. With BadNets' checkerboard patch, whose black pixels survive
+/// amplification. With BackdoorBench's all-white patch the claim inverts (measured AUROC 0.38):
+/// amplified CIFAR images saturate towards white and the white patch vanishes into them.
 #[test]
 fn scale_up_separates_triggered_cifar_inputs() {
     use transferlab::defenses::BackdoorProbe;
@@ -88,7 +91,7 @@ fn scale_up_separates_triggered_cifar_inputs() {
     let train_set = load_dataset(&hub, &DatasetRequest::new("uoft-cs/cifar10", "train")).unwrap().per_class_sample(100, 0).unwrap();
     let test = load_dataset(&hub, &DatasetRequest::new("uoft-cs/cifar10", "test")).unwrap().per_class_sample(30, 0).unwrap();
     let (defender, _) = train_set.split(0.2, 1, true).unwrap();
-    let attack = PoisonConfig::badnets(3, 0.1, 0);
+    let attack = PoisonConfig { trigger: transferlab::attacks::Trigger::checkerboard(3), ..PoisonConfig::badnets(3, 0.1, 0) };
     let spec = ModelSpec::new(Arch::ConvNet { width: 32, depth: 3, norm: Norm::Instance }, train_set.shape, 10).unwrap();
     let mut net = Network::new(&spec, 0, &Device::Cpu).unwrap();
     train(&mut net, &poison(&train_set, &attack).unwrap(), None, &train_cfg(10)).unwrap();
@@ -96,7 +99,9 @@ fn scale_up_separates_triggered_cifar_inputs() {
     let r = scale_up::run(&net, &defender, &probe, &Default::default()).unwrap();
     println!("SCALE-UP on CIFAR: {:?}\n  without {:?}", r.detection, r.without_filter);
     assert!(r.without_filter.attack_success_rate > 0.8, "the model is backdoored: {:?}", r.without_filter);
-    assert!(r.detection.auroc > 0.75, "{:?}", r.detection);
+    assert!(r.detection.auroc > 0.85, "{:?}", r.detection);
+    // At the authors' T = 0.5 most triggered inputs are caught.
+    assert!(r.detection.recall > 0.8, "{:?}", r.detection);
 }
 
 /// Spectral Signatures (Tran et al. 2018) where the poison is a minority of its class: the

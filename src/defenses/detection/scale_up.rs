@@ -14,23 +14,25 @@ use crate::train::predict;
 /// are multiplied by 3, 5, 7, 9 and 11 and clipped to [0, 1]; the scaled prediction consistency
 /// (SPC) is the fraction of amplified copies predicted as the original.
 ///
-/// Deviations: the paper reports AUROC, threshold-free; the decision boundary here is set on
-/// the defender's clean data at a false rejection rate (1 %, as for STRIP), so that the
-/// filter's CA/ASR can be reported. SPC takes only `scales.len() + 1` values, so on clean data
-/// whose top percentile is already 1.0 the filter flags nothing; AUROC still measures the
-/// separation. The paper's data-limited variant (SPC normalised per class by benign
-/// statistics) is not built.
+/// An input is flagged when its SPC exceeds 0.5, the threshold T of the authors' data-free
+/// code; `threshold: None` sets the boundary on the defender's clean data at
+/// `false_rejection_rate` instead (SPC takes only `scales.len() + 1` values, so where the top
+/// percentile of clean SPC is already 1.0 that boundary flags nothing). AUROC measures the
+/// separation whatever the boundary. Not built: the paper's data-limited variant (SPC
+/// normalised per class by benign statistics).
 #[derive(Debug, Clone)]
 pub struct ScaleUpConfig {
     /// Amplification factors.
     pub scales: Vec<f32>,
-    /// Fraction of clean inputs the boundary may reject.
+    /// Flag inputs whose SPC exceeds this; `None`: calibrate on the defender's clean data.
+    pub threshold: Option<f64>,
+    /// Fraction of clean inputs a calibrated boundary may reject.
     pub false_rejection_rate: f64,
 }
 
 impl Default for ScaleUpConfig {
     fn default() -> Self {
-        Self { scales: vec![3.0, 5.0, 7.0, 9.0, 11.0], false_rejection_rate: 0.01 }
+        Self { scales: vec![3.0, 5.0, 7.0, 9.0, 11.0], threshold: Some(0.5), false_rejection_rate: 0.01 }
     }
 }
 
@@ -58,7 +60,10 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &ScaleUpC
     check_data(net, clean, "SCALE-UP's clean data")?;
     check_data(net, &probe.test, "test set")?;
     let screening = Screening::of(probe)?;
-    let threshold = quantile(&consistency(net, clean, &cfg.scales)?.0, 1.0 - cfg.false_rejection_rate);
+    let threshold = match cfg.threshold {
+        Some(t) => t,
+        None => quantile(&consistency(net, clean, &cfg.scales)?.0, 1.0 - cfg.false_rejection_rate),
+    };
     let (scores, predictions) = consistency(net, &screening.inputs, &cfg.scales)?;
     Ok(InputDetectionResult::new("SCALE-UP filter", "scaled prediction consistency", &screening, &predictions, scores, threshold))
 }
