@@ -35,7 +35,8 @@ test:
         && cargo test --doc; } || status=$?
     if ! wait $kernel; then cat runs/kernel-setup.log >&2; echo "notebook kernel set-up failed (log above)" >&2; exit 1; fi
     [ $status -eq 0 ] || exit $status
-    {{with_cifar}} {{venv}}/bin/python tests/notebooks/run_notebooks.py --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
+    # Two kernels at once: each fresh kernel's one-core start-up overlaps the other's work.
+    {{with_cifar}} {{venv}}/bin/python tests/notebooks/run_notebooks.py --jobs 2 --out runs/notebooks notebooks/*.ipynb tests/notebooks/model_across_cells.ipynb
     {{venv}}/bin/python tests/notebooks/run_notebooks.py --expect-failure tests/notebooks/broken_*.ipynb
 
 # Set up the notebook environment and open JupyterLab on notebooks/.

@@ -6,9 +6,16 @@ stderr itself is the signal (transferlab writes progress to stdout in notebooks)
 each cell makes sure late stderr is seen. Executed notebooks (with their outputs and figures) are
 written to --out.
 
-Usage: run_notebooks.py [--out DIR] [--show] [--expect-failure] NOTEBOOK...
+With --jobs N, N notebooks run at once, each in its own kernel: a fresh kernel spends ~25 s
+loading and type-checking the dependency tree on one core (rust-analyzer inside evcxr), which a
+second kernel overlaps with the other's computation. Jobs are started highest-numbered first
+(the CIFAR-10 notebooks, the longest, are the last numbers), so no long one is left alone at
+the end.
+
+Usage: run_notebooks.py [--out DIR] [--show] [--jobs N] [--expect-failure] NOTEBOOK...
 """
 import argparse
+import concurrent.futures
 import pathlib
 import queue
 import re
@@ -52,7 +59,7 @@ def problems_in(cell):
     return found
 
 
-def late_output(client, timeout=60.0):
+def late_output(client, timeout=180.0):
     """Problems in what the kernel sends between a cell's idle and the barrier's marker."""
     kc = client.kc
     msg_id = kc.execute(f'eprintln!("{BARRIER}");', store_history=False)
@@ -139,29 +146,44 @@ def run(path, out_dir, timeout, verbose=False):
     return failures, elapsed, timings
 
 
+def report(path, failures, elapsed, timings):
+    cells = ", ".join(f"{t:.1f}" for t in timings)
+    status = "FAILED" if failures else "ok"
+    print(f"{path.name}: {status} in {elapsed:.1f}s (cell seconds: {cells})", flush=True)
+    # A panic's backtrace arrives as many stderr chunks: the first lines say what happened.
+    for f in failures[:6]:
+        print(f"  {f}", flush=True)
+    if len(failures) > 6:
+        print(f"  ... and {len(failures) - 6} more lines", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("notebooks", nargs="+", type=pathlib.Path)
     ap.add_argument("--out", type=pathlib.Path)
     ap.add_argument("--show", action="store_true", help="print the cells' text output")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each in its own kernel")
     ap.add_argument("--expect-failure", action="store_true", help="succeed only if every notebook fails")
     args = ap.parse_args()
-    bad = 0
-    for path in args.notebooks:
-        path = path.resolve()
-        failures, elapsed, timings = run(path, args.out, args.timeout, args.show)
-        cells = ", ".join(f"{t:.1f}" for t in timings)
-        status = "FAILED" if failures else "ok"
-        print(f"{path.name}: {status} in {elapsed:.1f}s (cell seconds: {cells})", flush=True)
-        # A panic's backtrace arrives as many stderr chunks: the first lines say what happened.
-        for f in failures[:6]:
-            print(f"  {f}", flush=True)
-        if len(failures) > 6:
-            print(f"  ... and {len(failures) - 6} more lines", flush=True)
-        if bool(failures) != args.expect_failure:
-            bad += 1
-    ran = len(args.notebooks)
+    paths = [p.resolve() for p in args.notebooks]
+    results = {}
+    if args.jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run, p, args.out, args.timeout, args.show): p for p in sorted(paths, key=lambda p: p.name, reverse=True)}
+            for done in concurrent.futures.as_completed(futures):
+                path = futures[done]
+                try:
+                    results[path] = done.result()
+                except Exception as e:  # a worker that died is that notebook's failure
+                    results[path] = ([f"runner: {type(e).__name__}: {e}"], 0.0, [])
+                report(path, *results[path])
+    else:
+        for path in paths:
+            results[path] = run(path, args.out, args.timeout, args.show)
+            report(path, *results[path])
+    bad = sum(1 for p in paths if bool(results[p][0]) != args.expect_failure)
+    ran = len(paths)
     if args.expect_failure:
         print(f"{ran - bad} passed, {bad} failed (notebooks that had to fail)")
     else:
