@@ -684,7 +684,7 @@ impl BackdoorBenchResult {
         let done: Vec<&BenchCell> = self.cells.iter().filter(|c| c.metrics.is_some()).collect();
         let points = done.iter().filter_map(|c| c.metrics.map(|m| (100.0 * m.clean_accuracy, 100.0 * m.attack_success_rate))).collect();
         let labels = done.iter().map(|c| format!("{}/{}", c.attack, c.defence)).collect();
-        Figure::new(Chart::Scatter(ScatterChart::new("Clean accuracy vs attack success rate per cell", "CA (%)", "ASR (%)", points).labels(labels)))
+        Figure::new(Chart::Scatter(ScatterChart::new("Clean accuracy vs attack success rate per cell", "CA (%)", "ASR (%)", points).labels(labels).without_fit()))
     }
 }
 

@@ -114,6 +114,11 @@ fn scatter_fits_a_line_and_heatmaps_check_their_shape() {
     assert!(svg.contains("r = 0.99"), "the fitted r is not in the legend");
     let heat = Figure::new(Chart::Heatmap(Heatmap::new("influence", vec!["c0".into(), "c1".into()], vec!["t0".into(), "t1".into(), "t2".into()], vec![0.1, -0.2, 0.3, 0.0, 0.5, -0.4])));
     heat.save(dir.path().join("heat.png")).unwrap();
+    // NaN is a missing cell (drawn grey, "?"); a heatmap with nothing present is an error.
+    let missing = Figure::new(Chart::Heatmap(Heatmap::new("pending", vec!["a".into()], vec!["b".into(), "c".into()], vec![0.5, f64::NAN])));
+    assert!(missing.to_png().unwrap().len() > 1000);
+    let nothing = Figure::new(Chart::Heatmap(Heatmap::new("pending", vec!["a".into()], vec!["b".into()], vec![f64::NAN])));
+    assert!(nothing.to_png().is_err());
     let bad = Figure::new(Chart::Heatmap(Heatmap::new("bad", vec!["a".into()], vec!["b".into()], vec![1.0, 2.0])));
     assert!(bad.to_png().unwrap_err().to_string().contains("needs 1 values"));
 }

@@ -17,6 +17,8 @@ pub struct ScatterChart {
     pub y_label: String,
     pub points: Vec<(f64, f64)>,
     pub labels: Vec<String>,
+    /// Draw the least-squares line (where a linear relation is the question).
+    pub fit: bool,
 }
 
 /// Least-squares fit of y on x: (intercept, slope, Pearson r). `None` with fewer than two
@@ -46,7 +48,13 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
 impl ScatterChart {
     /// A scatter of `points`.
     pub fn new(title: &str, x_label: &str, y_label: &str, points: Vec<(f64, f64)>) -> Self {
-        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), points, labels: Vec::new() }
+        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), points, labels: Vec::new(), fit: true }
+    }
+
+    /// The points alone, without the fitted line.
+    pub fn without_fit(mut self) -> Self {
+        self.fit = false;
+        self
     }
 
     /// Label each point (model names...).
@@ -74,7 +82,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
         let style = TextStyle::from((FAMILY, TICK_SIZE).into_font()).pos(Pos::new(side, VPos::Top));
         chart.draw_series(std::iter::once(Text::new(l.clone(), (p.0, p.1), style))).map_err(fig_err)?;
     }
-    if let Some((a, b, r)) = fit_line(&c.points) {
+    if let Some((a, b, r)) = fit_line(&c.points).filter(|_| c.fit) {
         chart
             .draw_series(LineSeries::new([xs.0, xs.1].map(|x| (x, a + b * x)), line_col.stroke_width(2)))
             .map_err(fig_err)?
