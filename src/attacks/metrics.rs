@@ -26,26 +26,35 @@ pub struct BackdoorMetrics {
     pub n_triggered: usize,
 }
 
-/// Measure CA on `test` and ASR/RA on triggered copies of the test samples whose true label
-/// differs from their target.
-pub fn evaluate_backdoor(net: &Network, test: &Dataset, trigger: &Trigger, target: &TargetMode, seed: u64) -> Result<BackdoorMetrics> {
+/// What ASR and RA are measured on: triggered copies of the `test` samples whose true label
+/// differs from their target (labels kept), and each copy's attack target. An error when no
+/// such sample exists (ASR is undefined).
+pub fn triggered_victims(test: &Dataset, trigger: &Trigger, target: &TargetMode, seed: u64) -> Result<(Dataset, Vec<u32>)> {
     let k = test.num_classes();
     target.validate(k)?;
-    let pred = predict(net, test)?;
-    let clean_accuracy = fraction_equal(&pred, &test.labels);
     let victims: Vec<usize> = (0..test.len()).filter(|&i| target.target_for(test.labels[i], k) != test.labels[i]).collect();
     if victims.is_empty() {
         return Err(Error::invalid("test set", "no test sample has a label other than the target; ASR is undefined"));
     }
     let triggered = trigger.apply_to(&test.select(&victims)?, &(0..victims.len()).collect::<Vec<_>>(), seed)?;
+    let targets = triggered.labels.iter().map(|&y| target.target_for(y, k)).collect();
+    Ok((triggered, targets))
+}
+
+/// Measure CA on `test` and ASR/RA on triggered copies of the test samples whose true label
+/// differs from their target.
+pub fn evaluate_backdoor(net: &Network, test: &Dataset, trigger: &Trigger, target: &TargetMode, seed: u64) -> Result<BackdoorMetrics> {
+    target.validate(test.num_classes())?;
+    let pred = predict(net, test)?;
+    let clean_accuracy = fraction_equal(&pred, &test.labels);
+    let (triggered, targets) = triggered_victims(test, trigger, target, seed)?;
     let tpred = predict(net, &triggered)?;
-    let targets: Vec<u32> = triggered.labels.iter().map(|&y| target.target_for(y, k)).collect();
     Ok(BackdoorMetrics {
         clean_accuracy,
         attack_success_rate: fraction_equal(&tpred, &targets),
         robust_accuracy: fraction_equal(&tpred, &triggered.labels),
         n_clean: test.len(),
-        n_triggered: victims.len(),
+        n_triggered: triggered.len(),
     })
 }
 

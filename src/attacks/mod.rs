@@ -13,7 +13,7 @@ pub mod watermark;
 pub mod architectural;
 pub mod distillation;
 
-pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, triggered_victims, BackdoorMetrics};
 pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};

@@ -3,7 +3,7 @@
 //! clean data, then fine-tune.
 
 use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, BackdoorMetrics};
+use crate::attacks::{defence_table, triggered_victims, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, LoadMode, Network};
@@ -225,12 +225,8 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &FinePrun
     order.sort_by(|&a, &b| per_channel[a].total_cmp(&per_channel[b]).then(a.cmp(&b)));
 
     let test_feats = crate::train::features(net, &probe.test)?;
-    let k = probe.test.num_classes();
-    let victims: Vec<usize> =
-        (0..probe.test.len()).filter(|&i| probe.target.target_for(probe.test.labels[i], k) != probe.test.labels[i]).collect();
-    let triggered = probe.trigger.apply_to(&probe.test.select(&victims)?, &(0..victims.len()).collect::<Vec<_>>(), probe.seed)?;
+    let (triggered, trig_targets) = triggered_victims(&probe.test, &probe.trigger, &probe.target, probe.seed)?;
     let trig_feats = crate::train::features(net, &triggered)?;
-    let trig_targets: Vec<u32> = triggered.labels.iter().map(|&y| probe.target.target_for(y, k)).collect();
 
     let max_pruned = ((cfg.max_prune_ratio * channels as f64).floor() as usize).min(channels - 1);
     let mut curve = Vec::with_capacity(max_pruned + 1);

@@ -2,7 +2,7 @@
 //! and their triggered copies), the model behind the filter, and their result.
 
 use super::metrics::{score_histogram, DetectionMetrics};
-use crate::attacks::{defence_table, BackdoorMetrics};
+use crate::attacks::{defence_table, triggered_victims, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::defenses::BackdoorProbe;
 use crate::error::Result;
@@ -23,11 +23,8 @@ pub(crate) struct Screening {
 impl Screening {
     pub fn of(probe: &BackdoorProbe) -> Result<Self> {
         let test = &probe.test;
-        let k = test.num_classes();
-        probe.target.validate(k)?;
-        let victims: Vec<usize> = (0..test.len()).filter(|&i| probe.target.target_for(test.labels[i], k) != test.labels[i]).collect();
-        let triggered = probe.trigger.apply_to(&test.select(&victims)?, &(0..victims.len()).collect::<Vec<_>>(), probe.seed)?;
-        let attack_targets = test.labels.iter().copied().chain(triggered.labels.iter().map(|&y| probe.target.target_for(y, k))).collect();
+        let (triggered, targets) = triggered_victims(test, &probe.trigger, &probe.target, probe.seed)?;
+        let attack_targets = test.labels.iter().copied().chain(targets).collect();
         let poisoned = (0..test.len() + triggered.len()).map(|i| i >= test.len()).collect();
         Ok(Self { inputs: test.concat(&triggered)?, poisoned, attack_targets, clean: test.len() })
     }
