@@ -400,7 +400,7 @@ fn run_seed(cfg: &BackdoorBenchConfig, all: &BackdoorBenchConfig, progress: &Pro
     let sweep = cfg.sweep();
     let plan = cfg.plan();
     let (train_set, test_set) = load_data(cfg)?;
-    let (defender, _) = train_set.split(cfg.defender_fraction, cfg.seed(), true)?;
+    let defender = cfg.defender_set(&train_set)?;
     let mut histories = Vec::new();
     // Two passes: first every defence that works on the trained model (cheap), then those that
     // train their own model from the poisoned data (ABL: a whole training run each), so that
@@ -415,8 +415,7 @@ fn run_seed(cfg: &BackdoorBenchConfig, all: &BackdoorBenchConfig, progress: &Pro
                 progress.inc(cells.len() as u64);
                 continue;
             }
-            let poisoned = poison(&train_set, &PoisonConfig { seed: cfg.seed(), ..attack.poison.clone() })?;
-            let probe = BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target);
+            let (poisoned, probe) = cfg.attack_inputs(attack, &train_set, &test_set)?;
             let started = Instant::now();
             let (net, history) = train_or_load(cfg, attack, &poisoned, &test_set)?;
             let train_seconds = started.elapsed().as_secs_f64();
@@ -480,13 +479,19 @@ impl BackdoorBenchConfig {
             ));
         }
         let (train_set, test_set) = load_data(&one)?;
-        let (defender, _) = train_set.split(one.defender_fraction, one.seed(), true)?;
-        Ok(AttackCell {
-            net: Network::from_file(&weights, &one.device)?,
-            poisoned: poison(&train_set, &PoisonConfig { seed: one.seed(), ..attack.poison.clone() })?,
-            defender,
-            probe: BackdoorProbe::new(test_set, attack.poison.trigger.clone(), attack.poison.target),
-        })
+        let (poisoned, probe) = one.attack_inputs(attack, &train_set, &test_set)?;
+        Ok(AttackCell { net: Network::from_file(&weights, &one.device)?, poisoned, defender: one.defender_set(&train_set)?, probe })
+    }
+
+    /// The defender's clean share of the training set (one seed's configuration).
+    fn defender_set(&self, train_set: &Dataset) -> Result<Dataset> {
+        Ok(train_set.split(self.defender_fraction, self.seed(), true)?.0)
+    }
+
+    /// `attack`'s poisoned training set and the probe that scores it (one seed's configuration).
+    fn attack_inputs(&self, attack: &BenchAttack, train_set: &Dataset, test_set: &Dataset) -> Result<(Dataset, BackdoorProbe)> {
+        let poisoned = poison(train_set, &PoisonConfig { seed: self.seed(), ..attack.poison.clone() })?;
+        Ok((poisoned, BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target)))
     }
 }
 
