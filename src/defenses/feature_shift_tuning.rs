@@ -71,12 +71,16 @@ struct FeatureShift {
 impl FeatureShift {
     fn renormalise(&self) -> Result<()> {
         let w = self.head.as_tensor();
-        let current = w.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+        let current = frobenius_norm(w)?;
         if current > 0.0 {
             self.head.set(&(w * (self.norm / current))?)?;
         }
         Ok(())
     }
+}
+
+fn frobenius_norm(t: &Tensor) -> Result<f64> {
+    Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
 }
 
 impl Objective for FeatureShift {
@@ -111,7 +115,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &FstConfi
     let before = probe.measure(net)?;
     let head_name = format!("{}.weight", net.spec().head_name());
     let original = net.named_tensors()?.remove(&head_name).ok_or_else(|| Error::invalid("model", format!("no head weight {head_name}")))?;
-    let norm = original.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    let norm = frobenius_norm(&original)?;
     let mut model = net.duplicate()?;
     model.unfreeze_all();
     model.replace_head(net.spec().num_classes, cfg.seed)?;
