@@ -31,7 +31,7 @@ test:
     kernel=$!
     status=0
     { cargo build --benches --bins --tests \
-        && {{with_cifar}} cargo test --lib --bins --tests --no-fail-fast \
+        && {{with_cifar}} tests/with_slurm.sh cargo test --lib --bins --tests --no-fail-fast \
         && cargo test --doc; } || status=$?
     if ! wait $kernel; then cat runs/kernel-setup.log >&2; echo "notebook kernel set-up failed (log above)" >&2; exit 1; fi
     [ $status -eq 0 ] || exit $status

@@ -68,6 +68,10 @@ pub enum Error {
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
 
+    /// A cluster scheduler (Slurm) refused a request or is not there.
+    #[error("cluster scheduler: {0}")]
+    Scheduler(String),
+
     /// Rendering a figure failed.
     #[error("figure rendering failed: {0}")]
     Figure(String),

@@ -112,3 +112,41 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "temporary file was not cleaned up");
     }
 }
+
+/// An exclusive advisory lock on a file (`flock`), held until dropped. The kernel releases it
+/// when the holder exits, however it exits, so a killed process leaves no stale lock.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Take the lock on `path` (created if missing), or `None` at once if another process
+    /// holds it.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use transferlab::fsutil::FileLock;
+    /// let path = dir.path().join("task.lock");
+    /// let held = FileLock::try_acquire(&path).unwrap().expect("free");
+    /// drop(held);
+    /// assert!(FileLock::try_acquire(&path).unwrap().is_some());
+    /// ```
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io("open lock file", path, e))?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(FileLock { _file: file }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(Error::io("lock", path, e))
+        }
+    }
+}

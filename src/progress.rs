@@ -111,6 +111,16 @@ impl Progress {
         }
     }
 
+    /// Report an event once, now, above the bar or as a line of its own (such as a run
+    /// resumed from a checkpoint).
+    pub fn note(&self, msg: &str) {
+        match &self.sink {
+            Sink::Bar(b) => b.println(msg),
+            Sink::Lines(m) => println!("{} {msg}", m.lock().expect("progress lock").label),
+            Sink::Hidden => {}
+        }
+    }
+
     /// Jump to `pos` (resumed work); the rate counts only steps done from here.
     pub fn set_position(&self, pos: u64) {
         match &self.sink {

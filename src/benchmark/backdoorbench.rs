@@ -2,10 +2,13 @@
 //! it, one row per (attack, defence, seed), resumable.
 //!
 //! Durability: each attacked model checkpoints every epoch and is saved (atomically) when
-//! trained; each finished cell is appended to `cells.jsonl` in the output folder, keyed by
-//! a fingerprint of the data, model, recipe, attack, defence, seed and crate version. A rerun
-//! after a kill skips finished cells and trained models and resumes a model mid-training; a
-//! change to any setting changes the fingerprint, so stale rows are never reused.
+//! trained; each finished cell is appended to its task's log (`cells/{attack}-seed{seed}.jsonl`
+//! in the output folder: one task is one attack's model for one seed), keyed by a fingerprint
+//! of the data, model, recipe, attack, defence, seed and crate version. A rerun after a kill
+//! skips finished cells and trained models and resumes a model mid-training; a change to any
+//! setting changes the fingerprint, so stale rows are never reused. A task runs in one process
+//! at a time (a lock file beside its log), so the grid's tasks can run as separate jobs on a
+//! cluster ([`crate::benchmark::grid`]).
 
 use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
@@ -13,6 +16,7 @@ use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, SpectralSignaturesConfig, StripConfig};
 use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, NcUnlearningConfig};
 use crate::error::{Error, Result};
+use crate::fsutil::FileLock;
 use crate::hub::{load_dataset, DatasetRequest, Hub};
 use crate::models::{InputNorm, ModelSpec, Network};
 use crate::progress::{Progress, ProgressMode};
@@ -78,6 +82,29 @@ impl BenchAttack {
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
         Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) } }
+    }
+
+    /// Every attack's name, as [`Self::by_name`] takes it.
+    pub const NAMES: [&'static str; 7] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "clean"];
+
+    /// The attack called `name` (see [`Self::NAMES`]) with BackdoorBench's settings.
+    ///
+    /// ```
+    /// use transferlab::benchmark::BenchAttack;
+    /// assert_eq!(BenchAttack::by_name("wanet").unwrap(), BenchAttack::wanet());
+    /// assert!(BenchAttack::by_name("lira").unwrap_err().to_string().contains("badnets, blended"));
+    /// ```
+    pub fn by_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "badnets" => Self::badnets(),
+            "blended" => Self::blended(),
+            "sig" => Self::sig(),
+            "ftrojan" => Self::ftrojan(),
+            "wanet" => Self::wanet(),
+            "bpp" => Self::bpp(),
+            "clean" => Self::clean(),
+            other => return Err(Error::invalid("attack", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
+        })
     }
 
     fn is_clean(&self) -> bool {
@@ -296,6 +323,9 @@ impl BackdoorBenchConfig {
         if self.seeds.is_empty() || seeds.len() != self.seeds.len() {
             return Err(Error::invalid("benchmark seeds", format!("{:?}: give one or more distinct seeds (BackdoorBench: one, 0)", self.seeds)));
         }
+        if self.train.epochs == 0 || self.train.batch_size == 0 {
+            return Err(Error::invalid("benchmark recipe", format!("{} epochs of batch size {}: both must be at least 1", self.train.epochs, self.train.batch_size)));
+        }
         if self.attacks.is_empty() {
             return Err(Error::invalid("benchmark", "no attack given; add BenchAttack::badnets() or another"));
         }
@@ -306,6 +336,21 @@ impl BackdoorBenchConfig {
             return Err(Error::invalid("benchmark", "two attacks share a name; give each a distinct name"));
         }
         Ok(())
+    }
+
+    /// This configuration trained for `epochs` epochs, a cosine schedule stretched to match.
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.train.epochs = epochs;
+        if let LrSchedule::Cosine { epochs: e, .. } = &mut self.train.schedule {
+            *e = epochs as f64;
+        }
+        self
+    }
+
+    /// This configuration, checked: distinct seeds, attacks and a usable recipe.
+    pub(crate) fn validated(self) -> Result<Self> {
+        self.validate()?;
+        Ok(self)
     }
 
     /// The seed of a one-seed configuration (the first seed of a grid).
@@ -359,8 +404,34 @@ impl BackdoorBenchConfig {
         out
     }
 
-    fn sweep(&self) -> Sweep {
-        Sweep::new(self.out_dir.join("cells.jsonl"))
+    /// The grid's tasks, seed by seed, attacks in order: the numbering of a cluster's job array.
+    pub fn tasks(&self) -> Vec<GridTask> {
+        self.seeds.iter().flat_map(|&seed| self.attacks.iter().map(move |a| GridTask { attack: a.name.clone(), seed })).collect()
+    }
+
+    /// The planned cells of `task`, as (defence, finished).
+    pub fn task_cells(&self, task: &GridTask) -> Result<Vec<(String, bool)>> {
+        let one = self.for_seed(task.seed);
+        let Some(attack) = one.attacks.iter().find(|a| a.name == task.attack) else {
+            return Ok(Vec::new());
+        };
+        let sweep = one.task_sweep(attack);
+        one.plan()
+            .into_iter()
+            .filter(|c| one.attacks[c.0].name == attack.name)
+            .map(|(_, d, s)| Ok((d.clone(), sweep.row_of(&one.cell_key(attack, &d, &s))?.is_some())))
+            .collect()
+    }
+
+    /// A one-seed configuration's file for `attack`'s task: `cells/{task}.{ext}`. Each task
+    /// logs its cells in its own file, so tasks on several machines never write the same file.
+    fn task_path(&self, attack: &BenchAttack, ext: &str) -> PathBuf {
+        let task = GridTask { attack: attack.name.clone(), seed: self.seed() };
+        self.out_dir.join("cells").join(format!("{}.{ext}", task.id()))
+    }
+
+    fn task_sweep(&self, attack: &BenchAttack) -> Sweep {
+        Sweep::new(self.task_path(attack, "jsonl"))
     }
 
     fn model_path(&self, attack: &BenchAttack, ext: &str) -> PathBuf {
@@ -383,76 +454,152 @@ impl BackdoorBenchConfig {
 pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     cfg.validate()?;
     let progress = Progress::new("backdoorbench cells", (cfg.plan().len() * cfg.seeds.len()) as u64, cfg.progress);
-    write_outputs(cfg, &collect(cfg, &cfg.sweep())?)?;
+    write_outputs(cfg, &collect(cfg)?)?;
+    let rewrite_table = || write_outputs(cfg, &collect(cfg)?);
     let mut histories = Vec::new();
     for &seed in &cfg.seeds {
-        histories.extend(run_seed(&cfg.for_seed(seed), cfg, &progress)?);
+        let one = cfg.for_seed(seed);
+        let data = SeedData::load(&one)?;
+        // Two passes: first every defence that works on the trained model (cheap), then those
+        // that train their own model from the poisoned data (ABL: a whole training run each),
+        // so that an interrupted run has the most cells for its time.
+        for retrains in [false, true] {
+            for attack in &one.attacks {
+                if let Some(h) = run_attack(&one, attack, &data, Some(retrains), &progress, &rewrite_table)? {
+                    histories.push((attack.name.clone(), h));
+                }
+            }
+        }
     }
     progress.finish();
-    let mut result = collect(cfg, &cfg.sweep())?;
+    let mut result = collect(cfg)?;
     result.histories = histories;
     write_outputs(cfg, &result)?;
     Ok(result)
 }
 
-/// One seed's grid; `all` is the whole configuration, whose table is rewritten after each cell.
-fn run_seed(cfg: &BackdoorBenchConfig, all: &BackdoorBenchConfig, progress: &Progress) -> Result<Vec<(String, History)>> {
-    let sweep = cfg.sweep();
-    let plan = cfg.plan();
-    let (train_set, test_set) = load_data(cfg)?;
-    let defender = cfg.defender_set(&train_set)?;
-    let mut histories = Vec::new();
-    // Two passes: first every defence that works on the trained model (cheap), then those that
-    // train their own model from the poisoned data (ABL: a whole training run each), so that
-    // an interrupted run has the most cells for its time.
-    for retrains in [false, true] {
-        for (a, attack) in cfg.attacks.iter().enumerate() {
-            let in_pass = |defence: &str| defence != "none" && cfg.defences.iter().any(|d| d.name() == defence && d.retrains() == retrains);
-            let cells: Vec<&(usize, String, String)> = plan.iter().filter(|c| c.0 == a && (in_pass(&c.1) || (!retrains && c.1 == "none"))).collect();
-            let pending: Vec<&&(usize, String, String)> =
-                cells.iter().filter(|(_, d, s)| sweep.row_of(&cfg.cell_key(attack, d, s)).ok().flatten().is_none()).collect();
-            if pending.is_empty() {
-                progress.inc(cells.len() as u64);
-                continue;
-            }
-            let (poisoned, probe) = cfg.attack_inputs(attack, &train_set, &test_set)?;
-            let started = Instant::now();
-            let (net, history) = train_or_load(cfg, attack, &poisoned, &test_set)?;
-            let train_seconds = started.elapsed().as_secs_f64();
-            if let Some(h) = history {
-                histories.push((attack.name.clone(), h));
-            }
-            let before_key = cfg.cell_key(attack, "none", "");
-            let before = match sweep.row_of(&before_key)? {
-                Some(row) => metrics_of(&row)?,
-                None => {
-                    let m = probe.measure(&net)?;
-                    sweep.run(&[before_key], |_| Ok(metric_values(&m, None, train_seconds)))?;
-                    m
-                }
-            };
-            if !retrains {
-                progress.inc(1);
-                write_outputs(all, &collect(all, &sweep)?)?;
-            }
-            for defence in cfg.defences.iter().filter(|d| d.retrains() == retrains) {
-                if attack.is_clean() {
-                    break;
-                }
-                let key = cfg.cell_key(attack, defence.name(), &defence.settings());
-                progress.message(format!("{} / {}", attack.name, defence.name()));
-                sweep.run(&[key], |_| {
-                    let started = Instant::now();
-                    let after = apply_defence(defence, &net, &defender, &poisoned, &probe, cfg)?;
-                    let der = defence_effectiveness_rate(&before, &after);
-                    Ok(metric_values(&after, Some(der), started.elapsed().as_secs_f64()))
-                })?;
-                progress.inc(1);
-                write_outputs(all, &collect(all, &sweep)?)?;
-            }
-        }
+/// One unit of the grid: one attack's model for one seed, trained once, and every defence
+/// applied to it. On a cluster each task is one job ([`crate::benchmark::grid`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GridTask {
+    pub attack: String,
+    pub seed: u64,
+}
+
+impl GridTask {
+    /// `badnets-seed0`: the stem of the task's files (cell log, lock, failure report).
+    pub fn id(&self) -> String {
+        format!("{}-seed{}", self.attack, self.seed)
     }
-    Ok(histories)
+}
+
+/// Run one task of the grid (see [`BackdoorBenchConfig::tasks`]): train or load the attack's
+/// model for the seed and apply every defence not yet logged. Writes only the task's own files
+/// (its model, checkpoint and cell log), so tasks can run side by side on a shared file system;
+/// [`status`] merges the logs into the table. Returns the training history when it trained.
+///
+/// An error leaves no row for the cell that failed; the cells logged before it stay.
+pub fn run_task(cfg: &BackdoorBenchConfig, task: &GridTask) -> Result<Option<History>> {
+    cfg.validate()?;
+    if !cfg.seeds.contains(&task.seed) {
+        return Err(Error::invalid("grid task", format!("seed {} is not one of the grid's seeds {:?}", task.seed, cfg.seeds)));
+    }
+    let one = cfg.for_seed(task.seed);
+    let attack = one.attacks.iter().find(|a| a.name == task.attack).ok_or_else(|| {
+        let names: Vec<&str> = one.attacks.iter().map(|a| a.name.as_str()).collect();
+        Error::invalid("grid task", format!("attack {:?} is not in the grid ({})", task.attack, names.join(", ")))
+    })?;
+    let cells = one.task_cells(task)?;
+    let progress = Progress::new(&format!("task {}", task.id()), cells.len() as u64, cfg.progress);
+    if cells.iter().all(|c| c.1) {
+        progress.inc(cells.len() as u64);
+        progress.finish();
+        return Ok(None);
+    }
+    let data = SeedData::load(&one)?;
+    let history = run_attack(&one, attack, &data, None, &progress, &|| Ok(()))?;
+    progress.finish();
+    Ok(history)
+}
+
+/// One seed's data: the (sampled) training and test sets and the defender's share.
+struct SeedData {
+    train: Dataset,
+    test: Dataset,
+    defender: Dataset,
+}
+
+impl SeedData {
+    fn load(cfg: &BackdoorBenchConfig) -> Result<Self> {
+        let (train, test) = load_data(cfg)?;
+        let defender = cfg.defender_set(&train)?;
+        Ok(Self { train, test, defender })
+    }
+}
+
+/// `attack`'s cells for a one-seed configuration: `none` (training or loading the model) and
+/// the defences of the pass (`Some(false)`: those working on the trained model, `Some(true)`:
+/// those training their own; `None`: all, cheap ones first). `after_cell` runs after each
+/// logged cell.
+fn run_attack(
+    cfg: &BackdoorBenchConfig,
+    attack: &BenchAttack,
+    data: &SeedData,
+    retraining_pass: Option<bool>,
+    progress: &Progress,
+    after_cell: &dyn Fn() -> Result<()>,
+) -> Result<Option<History>> {
+    let sweep = cfg.task_sweep(attack);
+    let in_pass = |d: &BenchDefence| retraining_pass.is_none_or(|r| d.retrains() == r);
+    let first_pass = retraining_pass != Some(true);
+    let mut defences: Vec<&BenchDefence> = if attack.is_clean() { Vec::new() } else { cfg.defences.iter().filter(|d| in_pass(d)).collect() };
+    defences.sort_by_key(|d| d.retrains());
+    let mut keys: Vec<SweepConfig> = defences.iter().map(|d| cfg.cell_key(attack, d.name(), &d.settings())).collect();
+    if first_pass {
+        keys.insert(0, cfg.cell_key(attack, "none", ""));
+    }
+    let done = |k: &SweepConfig| -> Result<bool> { Ok(sweep.row_of(k)?.is_some()) };
+    if keys.iter().map(done).collect::<Result<Vec<bool>>>()?.iter().all(|&d| d) {
+        progress.inc(keys.len() as u64);
+        return Ok(None);
+    }
+    let task = GridTask { attack: attack.name.clone(), seed: cfg.seed() };
+    let _lock = FileLock::try_acquire(&cfg.task_path(attack, "lock"))?.ok_or_else(|| {
+        Error::invalid(
+            "grid task",
+            format!("{} is running in another process (it holds {}); wait for it to finish, or stop it", task.id(), cfg.task_path(attack, "lock").display()),
+        )
+    })?;
+    let (poisoned, probe) = cfg.attack_inputs(attack, &data.train, &data.test)?;
+    let started = Instant::now();
+    let (net, history) = train_or_load(cfg, attack, &poisoned, &data.test)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let before_key = cfg.cell_key(attack, "none", "");
+    let before = match sweep.row_of(&before_key)? {
+        Some(row) => metrics_of(&row)?,
+        None => {
+            let m = probe.measure(&net)?;
+            sweep.run(&[before_key], |_| Ok(metric_values(&m, None, train_seconds)))?;
+            m
+        }
+    };
+    if first_pass {
+        progress.inc(1);
+        after_cell()?;
+    }
+    for defence in defences {
+        let key = cfg.cell_key(attack, defence.name(), &defence.settings());
+        progress.message(format!("{} / {}", attack.name, defence.name()));
+        sweep.run(&[key], |_| {
+            let started = Instant::now();
+            let after = apply_defence(defence, &net, &data.defender, &poisoned, &probe, cfg)?;
+            let der = defence_effectiveness_rate(&before, &after);
+            Ok(metric_values(&after, Some(der), started.elapsed().as_secs_f64()))
+        })?;
+        progress.inc(1);
+        after_cell()?;
+    }
+    Ok(history)
 }
 
 /// What the defences of one attack see, for the first seed: the trained (backdoored) model,
@@ -499,18 +646,18 @@ impl BackdoorBenchConfig {
 /// without training or defending anything; rewrites the table and figure files from the log.
 pub fn status(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     cfg.validate()?;
-    let result = collect(cfg, &cfg.sweep())?;
+    let result = collect(cfg)?;
     write_outputs(cfg, &result)?;
     Ok(result)
 }
 
-fn collect(cfg: &BackdoorBenchConfig, sweep: &Sweep) -> Result<BackdoorBenchResult> {
+fn collect(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     let mut cells = Vec::new();
     for &seed in &cfg.seeds {
         let one = cfg.for_seed(seed);
         for (a, defence, settings) in one.plan() {
             let attack = &one.attacks[a];
-            let row = sweep.row_of(&one.cell_key(attack, &defence, &settings))?;
+            let row = one.task_sweep(attack).row_of(&one.cell_key(attack, &defence, &settings))?;
             let (status, metrics, der, seconds) = match &row {
                 Some(r) => (CellStatus::Done, Some(metrics_of(r)?), r.get("der").and_then(Value::as_f64), r.get("seconds").and_then(Value::as_f64)),
                 None => (CellStatus::Pending, None, None, None),
@@ -639,7 +786,7 @@ fn metric_values(m: &BackdoorMetrics, der: Option<f64>, seconds: f64) -> Vec<(St
 
 fn metrics_of(row: &SweepConfig) -> Result<BackdoorMetrics> {
     let f = |k: &str| {
-        row.get(k).and_then(Value::as_f64).ok_or_else(|| Error::invalid("benchmark log", format!("a logged cell has no {k}; delete cells.jsonl to recompute")))
+        row.get(k).and_then(Value::as_f64).ok_or_else(|| Error::invalid("benchmark log", format!("a logged cell has no {k}; delete that task's log under cells/ to recompute it")))
     };
     Ok(BackdoorMetrics {
         clean_accuracy: f("ca")?,
@@ -650,7 +797,7 @@ fn metrics_of(row: &SweepConfig) -> Result<BackdoorMetrics> {
     })
 }
 
-fn short_hash(text: &str) -> String {
+pub(crate) fn short_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(text.as_bytes());
     d.iter().take(6).map(|b| format!("{b:02x}")).collect()

@@ -3,7 +3,8 @@
 //! both; nothing below imports it.
 
 pub mod backdoorbench;
+pub mod grid;
 mod published;
 
-pub use backdoorbench::{AttackCell, BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
+pub use backdoorbench::{AttackCell, GridTask, BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
 pub use published::{published, PUBLISHED_PREACT_RESNET18_CIFAR10};

@@ -270,6 +270,10 @@ pub fn train_with(
     let progress = Progress::new("train", (cfg.epochs * steps_per_epoch) as u64, cfg.progress);
     let progress = if steps_per_epoch >= 100 { progress.report_every(steps_per_epoch as u64) } else { progress };
     progress.set_position((start_epoch * steps_per_epoch) as u64);
+    if start_epoch > 0 {
+        // A log should show that a run picked up where it stopped.
+        progress.note(&format!("resumed at epoch {start_epoch} of {}", cfg.epochs));
+    }
     let (c, h, w) = data.shape;
     let img = data.image_len();
     for epoch in start_epoch..cfg.epochs {

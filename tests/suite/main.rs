@@ -26,6 +26,7 @@ mod attacks_neuba;
 mod attacks_poisoning;
 mod attacks_watermark;
 mod benchmark_grid;
+mod benchmark_grid_slurm;
 mod cli;
 mod common;
 mod data_readers;

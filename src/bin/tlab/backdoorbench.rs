@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack, BenchDefence};
 use transferlab::report::Outcome;
-use transferlab::train::LrSchedule;
 use transferlab::{Error, Result};
 
 pub struct Args {
@@ -33,24 +32,8 @@ pub fn run(a: Args) -> Result<()> {
             .collect::<Result<_>>()?,
         ..BackdoorBenchConfig::default()
     };
-    cfg.train.epochs = a.epochs;
-    if let LrSchedule::Cosine { epochs, .. } = &mut cfg.train.schedule {
-        *epochs = a.epochs as f64;
-    }
-    cfg.attacks = a
-        .attacks
-        .split(',')
-        .map(|n| match n.trim() {
-            "badnets" => Ok(BenchAttack::badnets()),
-            "blended" => Ok(BenchAttack::blended()),
-            "sig" => Ok(BenchAttack::sig()),
-            "ftrojan" => Ok(BenchAttack::ftrojan()),
-            "wanet" => Ok(BenchAttack::wanet()),
-            "bpp" => Ok(BenchAttack::bpp()),
-            "clean" => Ok(BenchAttack::clean()),
-            other => Err(Error::invalid("attack", format!("{other:?}; use badnets, blended, sig, ftrojan, wanet, bpp or clean"))),
-        })
-        .collect::<Result<_>>()?;
+    cfg = cfg.with_epochs(a.epochs);
+    cfg.attacks = a.attacks.split(',').map(|n| BenchAttack::by_name(n.trim())).collect::<Result<_>>()?;
     cfg.defences = a.defences.split(',').map(str::trim).filter(|d| !d.is_empty()).map(BenchDefence::by_name).collect::<Result<_>>()?;
     let result = if a.status { backdoorbench::status(&cfg)? } else { backdoorbench::run(&cfg)? };
     println!("{}", result.to_dataframe()?);

@@ -2,6 +2,7 @@
 
 mod backdoorbench;
 mod demo;
+mod grid;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -142,7 +143,7 @@ enum Command {
         train_per_class: Option<usize>,
         #[arg(long)]
         test_per_class: Option<usize>,
-        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, clean).
+        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
         /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also strip, spectral, ac).
@@ -156,6 +157,12 @@ enum Command {
         status: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// An attacks x defences x seeds grid from a spec file (JSON), on this machine or as a
+    /// Slurm job array: run, submit, status, collect.
+    Grid {
+        #[command(subcommand)]
+        command: grid::GridCommand,
     },
 }
 
@@ -263,6 +270,7 @@ fn split(args: &DataArgs) -> Result<(transferlab::data::Dataset, transferlab::da
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { out } => demo::run(&out),
+        Command::Grid { command } => grid::run(command),
         Command::Models => {
             for (name, what) in MODEL_NAMES {
                 println!("{name:18} {what}");
