@@ -53,7 +53,7 @@ pids+=("$(cat "$dir/munge/pid")")
 
 cat >"$dir/slurm.conf" <<EOF
 ClusterName=tlab
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=$(free_port)
@@ -80,7 +80,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 KillWait=5
 MinJobAge=300
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 export SLURM_CONF="$dir/slurm.conf"
