@@ -179,7 +179,7 @@ pub const HUB_SOURCE: &str = "timm/resnetv2_50x1_bit.goog_in21k";
 /// Whether `hub` answers for [`HUB_SOURCE`] and CIFAR-10 (or has them cached).
 pub fn hub_source_available(hub: &crate::hub::Hub) -> bool {
     use crate::hub::Repo;
-    hub.answers(&[Repo::model(HUB_SOURCE), Repo::dataset(crate::analysis::zero_shot::CIFAR10)])
+    hub.answers(&[Repo::model(HUB_SOURCE), Repo::dataset(crate::hub::CIFAR10)])
 }
 
 /// How to run the few-shot and full-data comparison.

@@ -358,7 +358,7 @@ pub const HUB_SOURCES: [(&str, f64); 3] =
 pub fn hub_sources_available(hub: &crate::hub::Hub) -> bool {
     use crate::hub::Repo;
     let models = HUB_SOURCES.iter().map(|(id, _)| Repo::model(*id));
-    hub.answers(&models.chain([Repo::dataset(crate::analysis::zero_shot::CIFAR10)]).collect::<Vec<_>>())
+    hub.answers(&models.chain([Repo::dataset(crate::hub::CIFAR10)]).collect::<Vec<_>>())
 }
 
 /// Download (or read from the cache) and load every model of [`HUB_SOURCES`] from `hub`.

@@ -289,14 +289,12 @@ pub fn run(clip: &ClipBundle, train: &Dataset, test: &Dataset, cfg: &ZeroShotCon
 
 /// The released CLIP the notebook uses where the hub answers.
 pub const OPENAI_CLIP: &str = "openai/clip-vit-base-patch32";
-/// CIFAR-10 on the hub.
-pub const CIFAR10: &str = "uoft-cs/cifar10";
 
 /// Whether `hub` can serve the released CLIP and CIFAR-10: their listings answer (or are
 /// cached from an earlier run). False offline with nothing cached, or without network.
 pub fn real_clip_available(hub: &crate::hub::Hub) -> bool {
     use crate::hub::Repo;
-    hub.answers(&[Repo::model(OPENAI_CLIP), Repo::dataset(CIFAR10)])
+    hub.answers(&[Repo::model(OPENAI_CLIP), Repo::dataset(crate::hub::CIFAR10)])
 }
 
 /// The first `n_train` CIFAR-10 training and `n_test` test images (the splits are shuffled
@@ -304,7 +302,7 @@ pub fn real_clip_available(hub: &crate::hub::Hub) -> bool {
 pub fn cifar10(hub: &crate::hub::Hub, n_train: usize, n_test: usize) -> Result<(Dataset, Dataset)> {
     use crate::hub::{load_dataset, DatasetRequest};
     let take = |split: &str, n: usize| -> Result<Dataset> {
-        let ds = load_dataset(hub, &DatasetRequest::new(CIFAR10, split))?;
+        let ds = load_dataset(hub, &DatasetRequest::new(crate::hub::CIFAR10, split))?;
         ds.select(&(0..n.min(ds.len())).collect::<Vec<_>>())
     };
     Ok((take("train", n_train)?, take("test", n_test)?))

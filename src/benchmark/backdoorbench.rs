@@ -256,7 +256,7 @@ pub struct BackdoorBenchConfig {
 impl Default for BackdoorBenchConfig {
     fn default() -> Self {
         Self {
-            dataset: "uoft-cs/cifar10".into(),
+            dataset: crate::hub::CIFAR10.into(),
             train_per_class: None,
             test_per_class: None,
             model: "resnet20".into(),

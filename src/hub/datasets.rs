@@ -5,10 +5,13 @@
 //! (the `dataset_info.features` of `README.md`, where `datasets` writes `ClassLabel` names).
 
 use super::download::Hub;
-use super::error::HubError;
+use crate::error::HubError;
 use super::repo::Repo;
 use crate::data::{read_hf_parquet, Dataset};
 use crate::error::{Error, Result};
+
+/// CIFAR-10's hub id (Krizhevsky 2009; 50,000 training and 10,000 test images).
+pub const CIFAR10: &str = "uoft-cs/cifar10";
 
 /// Image-classification datasets known to load this way (any hub id with Parquet files and
 /// an image + class-label feature works).

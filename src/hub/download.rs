@@ -4,7 +4,7 @@
 
 use super::cache::RepoCache;
 use super::config::HubConfig;
-use super::error::HubError;
+use crate::error::HubError;
 use super::repo::Repo;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, ProgressMode};

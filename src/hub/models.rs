@@ -3,7 +3,7 @@
 //! preprocessing its training used. A local safetensors file registers the same way.
 
 use super::download::Hub;
-use super::error::HubError;
+use crate::error::HubError;
 use super::repo::Repo;
 use crate::data::{normalise, resize, Dataset};
 use crate::error::{Error, Result};

@@ -1,8 +1,12 @@
-//! One error type for the whole crate.
+//! One error type for the whole crate. It depends on nothing else in the crate (the hub's
+//! error type lives here too), so every module can use it without pulling in the others.
 //!
 //! Every variant says what was wrong and, where there is one, what to do about it: a
 //! researcher reading the message in a notebook cell should not need the source to recover.
 
+mod hub;
+
+pub use hub::HubError;
 use std::path::PathBuf;
 
 /// The crate-wide result type.
@@ -66,7 +70,7 @@ pub enum Error {
 
     /// Fetching from the Hugging Face hub (or its cache) failed.
     #[error(transparent)]
-    Hub(#[from] crate::hub::HubError),
+    Hub(#[from] HubError),
 
     /// A cluster scheduler (Slurm) refused a request or is not there.
     #[error("cluster scheduler: {0}")]
