@@ -453,6 +453,7 @@ impl BackdoorBenchConfig {
 /// ```
 pub fn run(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     cfg.validate()?;
+    split_single_log(cfg)?;
     let progress = Progress::new("backdoorbench cells", (cfg.plan().len() * cfg.seeds.len()) as u64, cfg.progress);
     write_outputs(cfg, &collect(cfg)?)?;
     let rewrite_table = || write_outputs(cfg, &collect(cfg)?);
@@ -501,6 +502,7 @@ impl GridTask {
 /// An error leaves no row for the cell that failed; the cells logged before it stay.
 pub fn run_task(cfg: &BackdoorBenchConfig, task: &GridTask) -> Result<Option<History>> {
     cfg.validate()?;
+    split_single_log(cfg)?;
     if !cfg.seeds.contains(&task.seed) {
         return Err(Error::invalid("grid task", format!("seed {} is not one of the grid's seeds {:?}", task.seed, cfg.seeds)));
     }
@@ -642,10 +644,52 @@ impl BackdoorBenchConfig {
     }
 }
 
+/// Results folders written before tasks had their own logs hold one `cells.jsonl`: split its
+/// records into the task logs (records a task log already has are not repeated) and keep the
+/// old file as `cells.jsonl.split`, so no finished cell is computed twice.
+fn split_single_log(cfg: &BackdoorBenchConfig) -> Result<()> {
+    let single = cfg.out_dir.join("cells.jsonl");
+    if !single.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&single).map_err(|e| Error::io("read", &single, e))?;
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    let mut by_task: Vec<(PathBuf, Vec<&str>)> = Vec::new();
+    for line in complete.lines().filter(|l| !l.trim().is_empty()) {
+        let record: Value = serde_json::from_str(line).map_err(|e| Error::format(&single, "benchmark log", e.to_string()))?;
+        let config = &record["_config"];
+        let (Some(attack), Some(seed)) = (config["attack"].as_str(), config["seed"].as_u64()) else {
+            return Err(Error::format(&single, "benchmark log", format!("a record without attack and seed: {line}")));
+        };
+        let path = cfg.out_dir.join("cells").join(format!("{}.jsonl", GridTask { attack: attack.into(), seed }.id()));
+        match by_task.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, lines)) => lines.push(line),
+            None => by_task.push((path, vec![line])),
+        }
+    }
+    for (path, lines) in by_task {
+        let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut merged: String = existing.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
+        for line in lines {
+            if !existing.lines().any(|l| l == line) {
+                merged.push_str(line);
+                merged.push('\n');
+            }
+        }
+        crate::fsutil::write_bytes_atomic(&path, merged.as_bytes())?;
+    }
+    match std::fs::rename(&single, cfg.out_dir.join("cells.jsonl.split")) {
+        // Another task of the grid split it first.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("rename", &single, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The table as it stands in `out_dir` (finished cells from the log, the rest pending),
 /// without training or defending anything; rewrites the table and figure files from the log.
 pub fn status(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
     cfg.validate()?;
+    split_single_log(cfg)?;
     let result = collect(cfg)?;
     write_outputs(cfg, &result)?;
     Ok(result)

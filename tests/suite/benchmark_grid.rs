@@ -58,6 +58,17 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
     assert!(table.equals_missing(&second.to_dataframe().unwrap()), "a rerun changed the table");
     assert!(table.equals_missing(&backdoorbench::status(&cfg).unwrap().to_dataframe().unwrap()));
 
+    // A results folder from before per-task logs (one cells.jsonl) keeps its rows.
+    let cells = out_dir.join("cells");
+    let mut single = String::new();
+    for task in ["badnets-seed0", "badnets-seed1"] {
+        single.push_str(&std::fs::read_to_string(cells.join(format!("{task}.jsonl"))).unwrap());
+        std::fs::remove_file(cells.join(format!("{task}.jsonl"))).unwrap();
+    }
+    std::fs::write(out_dir.join("cells.jsonl"), single).unwrap();
+    assert!(table.equals_missing(&backdoorbench::status(&cfg).unwrap().to_dataframe().unwrap()), "the single log's rows were lost");
+    assert!(out_dir.join("cells.jsonl.split").exists() && !out_dir.join("cells.jsonl").exists());
+
     // Another recipe is another experiment: its cells are pending, never the old numbers.
     cfg.train.epochs = 3;
     let other = backdoorbench::status(&cfg).unwrap();
