@@ -24,31 +24,10 @@ import tempfile
 import numpy as np
 import torch
 
+from formula import uniform  # the deterministic values both sides compute
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "crosscheck")
-
-M64 = (1 << 64) - 1
-
-
-def fnv1a64(s: str) -> int:
-    h = 0xCBF29CE484222325
-    for b in s.encode():
-        h ^= b
-        h = (h * 0x100000001B3) & M64
-    return h
-
-
-def uniform(name: str, n: int) -> np.ndarray:
-    """n values in [-0.5, 0.5) from a splitmix64-style hash of (name, index)."""
-    with np.errstate(over="ignore"):
-        i = np.arange(n, dtype=np.uint64)
-        x = i * np.uint64(0x9E3779B97F4A7C15) + np.uint64(fnv1a64(name))
-        x ^= x >> np.uint64(33)
-        x *= np.uint64(0xFF51AFD7ED558CCD)
-        x ^= x >> np.uint64(33)
-        x *= np.uint64(0xC4CEB9FE1A85EC53)
-        x ^= x >> np.uint64(33)
-    return (x >> np.uint64(40)).astype(np.float64) / float(1 << 24) - 0.5
 
 
 def value_rule(name: str, shape) -> tuple:

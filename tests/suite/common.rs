@@ -48,3 +48,31 @@ pub fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
         assert!((a - b).abs() <= tol, "{what}: element {i}: got {a}, want {b} (tol {tol})");
     }
 }
+
+fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// n values in [-0.5, 0.5): the crosscheck script's `uniform`.
+/// `n` values in [-0.5, 0.5) from a splitmix64-style hash of (`name`, index): what
+/// tests/crosscheck/formula.py's `uniform` computes, so fixtures written in Python can be
+/// checked against inputs rebuilt here.
+pub fn uniform(name: &str, n: usize) -> Vec<f64> {
+    let seed = fnv1a64(name);
+    (0..n as u64)
+        .map(|i| {
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(seed);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            x ^= x >> 33;
+            (x >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+        })
+        .collect()
+}

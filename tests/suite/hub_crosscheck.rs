@@ -9,30 +9,7 @@ use transferlab::hub::timm_to_ours;
 use transferlab::models::{LoadMode, ModelSpec, Network};
 use transferlab::weights::NamedTensors;
 
-fn fnv1a64(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// n values in [-0.5, 0.5): the crosscheck script's `uniform`.
-fn uniform(name: &str, n: usize) -> Vec<f64> {
-    let seed = fnv1a64(name);
-    (0..n as u64)
-        .map(|i| {
-            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(seed);
-            x ^= x >> 33;
-            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-            x ^= x >> 33;
-            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-            x ^= x >> 33;
-            (x >> 40) as f64 / (1u64 << 24) as f64 - 0.5
-        })
-        .collect()
-}
+use crate::common::uniform;
 
 fn value_rule(name: &str, shape: &[usize]) -> (f64, f64) {
     if name.ends_with("running_var") {
@@ -126,10 +103,10 @@ fn bit_resnetv2_matches_timm() {
 
 #[test]
 fn generator_matches_the_script() {
-    // First values of uniform("input", 3), as numpy computes them.
-    let u = uniform("input", 3);
-    assert!(u.iter().all(|v| (-0.5..0.5).contains(v)));
-    assert_ne!(u[0], u[1]);
+    // uniform("input", 3) as tests/crosscheck/crosscheck.py computes it with numpy (uint64
+    // wrapping arithmetic; numpy 2.4 printed these). The values are multiples of 2^-24, so
+    // they are exact in f64 and must match to the bit.
+    assert_eq!(uniform("input", 3), vec![0.24683338403701782, -0.2142351269721985, 0.11497831344604492]);
 }
 
 #[test]
