@@ -148,3 +148,4 @@ fn five_shot_transfer_learns_and_is_deterministic() {
     r.figure().unwrap();
 }
 
+
