@@ -23,4 +23,4 @@ pub use fine_pruning::{FinePruningConfig, FinePruningResult};
 pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
 pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
 pub use survival::{SurvivalConfig, SurvivalResult};
-pub use trigger_inversion::{InversionConfig, NaturalBackdoorResult, NeuralCleanseResult};
+pub use trigger_inversion::{InversionConfig, LabelPairScanResult, NeuralCleanseResult};

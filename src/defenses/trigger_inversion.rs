@@ -306,8 +306,10 @@ impl Outcome for NeuralCleanseResult {
     }
 }
 
-/// Neural Cleanse: invert a trigger for every label of `net` from the defender's `clean`
-/// data, and flag labels whose mask is anomalously small.
+/// Neural Cleanse (Wang et al. 2019), the module's entry point: invert a trigger for every
+/// label of `net` from the defender's `clean` data, and flag labels whose mask is anomalously
+/// small. Also exported as [`neural_cleanse`]; the natural-backdoor pair scan of the same
+/// inversion is [`scan_label_pairs`].
 ///
 /// ```
 /// use transferlab::prelude::*;
@@ -318,7 +320,7 @@ impl Outcome for NeuralCleanseResult {
 /// let r = neural_cleanse(&net, &data, &cfg).unwrap();
 /// assert_eq!(r.to_dataframe().unwrap().height(), 10);
 /// ```
-pub fn neural_cleanse(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> Result<NeuralCleanseResult> {
+pub fn run(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> Result<NeuralCleanseResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
     // A private copy: its variables get tensor ids from the caller's current id counter, so
@@ -343,9 +345,13 @@ pub fn neural_cleanse(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> 
     Ok(NeuralCleanseResult { shape: clean.shape, triggers, anomaly_index, flagged })
 }
 
-/// Label pairs of a (clean) model with their inverted triggers.
+pub use self::run as neural_cleanse;
+
+/// Label pairs of a (clean) model with their inverted triggers: the natural-backdoor scan
+/// ([`scan_label_pairs`]). Not to be confused with
+/// [`crate::analysis::natural_backdoor_datasets::NaturalBackdoorResult`], the dataset analysis.
 #[derive(Debug, Clone)]
-pub struct NaturalBackdoorResult {
+pub struct LabelPairScanResult {
     pub shape: (usize, usize, usize),
     pub pairs: Vec<InvertedTrigger>,
     /// The largest mask L1 norm that counts as small (`small_mask` times H x W).
@@ -353,7 +359,7 @@ pub struct NaturalBackdoorResult {
     pub asr_threshold: f64,
 }
 
-impl NaturalBackdoorResult {
+impl LabelPairScanResult {
     /// The pairs that are natural backdoors: ASR at the threshold with a small mask, smallest
     /// mask first.
     pub fn natural_backdoors(&self) -> Vec<&InvertedTrigger> {
@@ -364,7 +370,7 @@ impl NaturalBackdoorResult {
     }
 }
 
-impl Outcome for NaturalBackdoorResult {
+impl Outcome for LabelPairScanResult {
     /// One row per scanned pair, smallest mask first: source, target, mask_l1, asr, natural.
     fn to_dataframe(&self) -> Result<DataFrame> {
         let mut p: Vec<&InvertedTrigger> = self.pairs.iter().collect();
@@ -394,7 +400,7 @@ impl Outcome for NaturalBackdoorResult {
 /// Scan (source, target) label pairs of `net` for natural backdoors (Tao et al. 2022): for
 /// each pair, the smallest trigger that sends clean samples of `source` to `target`. `pairs`
 /// restricts the scan (all ordered pairs when `None`).
-pub fn scan_label_pairs(net: &Network, clean: &Dataset, pairs: Option<&[(u32, u32)]>, cfg: &InversionConfig) -> Result<NaturalBackdoorResult> {
+pub fn scan_label_pairs(net: &Network, clean: &Dataset, pairs: Option<&[(u32, u32)]>, cfg: &InversionConfig) -> Result<LabelPairScanResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
     let net = &net.duplicate()?; // see neural_cleanse
@@ -415,5 +421,5 @@ pub fn scan_label_pairs(net: &Network, clean: &Dataset, pairs: Option<&[(u32, u3
     }
     progress.finish();
     let (_, h, w) = clean.shape;
-    Ok(NaturalBackdoorResult { shape: clean.shape, pairs: out, small_mask_l1: cfg.small_mask * (h * w) as f64, asr_threshold: cfg.asr_threshold })
+    Ok(LabelPairScanResult { shape: clean.shape, pairs: out, small_mask_l1: cfg.small_mask * (h * w) as f64, asr_threshold: cfg.asr_threshold })
 }
