@@ -16,6 +16,7 @@
 pub mod cifar;
 mod codec;
 mod dataset;
+mod edges;
 pub mod digits;
 pub mod idx;
 pub mod image_folder;
@@ -30,6 +31,7 @@ pub use cifar::{
     CIFAR10_CLASSES,
 };
 pub use dataset::{Attributes, Dataset};
+pub use edges::{smoothed_sobel_edges, sobel_edges};
 pub use digits::{digits, read_digits_csv};
 pub use idx::{read_idx, read_idx_dataset, write_idx_dataset, IdxArray, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
 pub use image_folder::{read_image_folder, write_image_folder};
