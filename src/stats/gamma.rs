@@ -1,11 +1,13 @@
-//! The gamma distribution: a method-of-moments fit and its CDF (the regularised lower
-//! incomplete gamma function, by its series or its continued fraction, whichever converges).
+//! The gamma distribution: method-of-moments fits (two parameters, or three with a location)
+//! and its CDF (the regularised lower incomplete gamma function, by its series or its
+//! continued fraction, whichever converges); the normal CDF through the same function.
 
-/// A gamma distribution with `shape` k and `scale` theta (location 0).
+/// A gamma distribution with `shape` k, `scale` theta and `location` (support: x > location).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gamma {
     pub shape: f64,
     pub scale: f64,
+    pub location: f64,
 }
 
 impl Gamma {
@@ -25,7 +27,40 @@ impl Gamma {
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-        (var > 0.0).then(|| Self { shape: mean * mean / var, scale: var / mean })
+        (var > 0.0).then(|| Self { shape: mean * mean / var, scale: var / mean, location: 0.0 })
+    }
+
+    /// The three-parameter method-of-moments fit, for values of any sign: a gamma's skewness
+    /// is 2 / sqrt(k), so k = 4 / skewness^2, theta = sd * skewness / 2 and the location
+    /// mean - k theta. `None` when the values are not right-skewed (skewness <= 0: no gamma
+    /// has that shape; its limit as the skewness falls to 0 is the normal) or do not vary.
+    ///
+    /// ```
+    /// use transferlab::stats::Gamma;
+    /// // Exponential(1) shifted to start at -2: mean -1, sd 1, skewness 2.
+    /// let x: Vec<f64> = (0..20_000).map(|i| -2.0 - (1.0 - (i as f64 + 0.5) / 20_000.0).ln()).collect();
+    /// let g = Gamma::fit_moments_shifted(&x).unwrap();
+    /// assert!((g.shape - 1.0).abs() < 0.1 && (g.scale - 1.0).abs() < 0.1 && (g.location + 2.0).abs() < 0.1, "{g:?}");
+    /// assert!(Gamma::fit_moments_shifted(&[1.0, 2.0, 3.0]).is_none()); // symmetric
+    /// ```
+    pub fn fit_moments_shifted(values: &[f64]) -> Option<Self> {
+        if values.len() < 3 || values.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        if var <= 0.0 {
+            return None;
+        }
+        let sd = var.sqrt();
+        let skewness = values.iter().map(|v| ((v - mean) / sd).powi(3)).sum::<f64>() / n;
+        if skewness <= 0.0 {
+            return None;
+        }
+        let shape = 4.0 / (skewness * skewness);
+        let scale = sd * skewness / 2.0;
+        Some(Self { shape, scale, location: mean - shape * scale })
     }
 
     /// P(X <= x).
@@ -33,18 +68,34 @@ impl Gamma {
     /// ```
     /// use transferlab::stats::Gamma;
     /// // Shape 1 is the exponential distribution: 1 - e^(-x / theta).
-    /// let e = Gamma { shape: 1.0, scale: 2.0 };
+    /// let e = Gamma { shape: 1.0, scale: 2.0, location: 0.0 };
     /// assert!((e.cdf(3.0) - (1.0 - (-1.5f64).exp())).abs() < 1e-12);
     /// // Shape 3, scale 1 at 5: the Erlang CDF 1 - e^-5 (1 + 5 + 12.5).
-    /// let g = Gamma { shape: 3.0, scale: 1.0 };
+    /// let g = Gamma { shape: 3.0, scale: 1.0, location: 0.0 };
     /// assert!((g.cdf(5.0) - (1.0 - (-5.0f64).exp() * 18.5)).abs() < 1e-12);
+    /// assert_eq!(Gamma { location: 1.0, ..g }.cdf(6.0), g.cdf(5.0));
     /// ```
     pub fn cdf(&self, x: f64) -> f64 {
-        if x <= 0.0 {
+        if x <= self.location {
             return 0.0;
         }
-        regularised_lower(self.shape, x / self.scale)
+        regularised_lower(self.shape, (x - self.location) / self.scale)
     }
+}
+
+/// P(X <= x) for the normal distribution of `mean` and standard deviation `sd` (> 0), through
+/// erf(z) = P(1/2, z^2).
+///
+/// ```
+/// use transferlab::stats::normal_cdf;
+/// assert!((normal_cdf(0.0, 0.0, 1.0) - 0.5).abs() < 1e-15);
+/// assert!((normal_cdf(1.96, 0.0, 1.0) - 0.9750021048517795).abs() < 1e-12);
+/// assert!((normal_cdf(-1.0, 2.0, 3.0) - 0.15865525393145707).abs() < 1e-12);
+/// ```
+pub fn normal_cdf(x: f64, mean: f64, sd: f64) -> f64 {
+    let z = (x - mean) / (sd * std::f64::consts::SQRT_2);
+    let erf = if z == 0.0 { 0.0 } else { regularised_lower(0.5, z * z) };
+    if z >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
 }
 
 /// P(a, x) = gamma(a, x) / Gamma(a).

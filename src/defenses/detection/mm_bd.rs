@@ -10,7 +10,7 @@ use crate::models::Network;
 use crate::progress::{Progress, ProgressMode};
 use crate::report::{BarChart, Chart, Figure, Outcome};
 use crate::rng::stream_at;
-use crate::stats::Gamma;
+use crate::stats::{normal_cdf, Gamma};
 use candle_core::{Tensor, Var, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 use rand::Rng;
@@ -23,9 +23,12 @@ use rand::Rng;
 ///
 /// Deviations: the authors' optimiser is SGD with momentum 0.2 re-created every step, so the
 /// momentum never acts: plain gradient ascent here. Their null is scipy's three-parameter
-/// maximum-likelihood gamma fit; here the two-parameter method-of-moments fit (location 0;
-/// margins are positive), which needs no numerical optimiser on nine values. Where some
-/// class's margin is not positive the p-value is undefined (NaN) and nothing is flagged.
+/// maximum-likelihood gamma fit; here the three-parameter method-of-moments fit (shape,
+/// scale and location from mean, variance and skewness), which needs no numerical optimiser
+/// on nine values and, like theirs, takes margins of any sign (a model whose maximised
+/// margins are negative for some class, as an undertrained one has, still gets a p-value).
+/// Where the nine values are not right-skewed no gamma fits; the test then uses the
+/// gamma's limit as the skewness falls to 0, the normal of their mean and spread.
 #[derive(Debug, Clone)]
 pub struct MmBdConfig {
     /// Random starting images per class.
@@ -124,7 +127,7 @@ pub fn run(net: &Network, cfg: &MmBdConfig) -> Result<MmBdResult> {
     let top = (0..k).max_by(|&a, &b| max_margins[a].total_cmp(&max_margins[b])).unwrap_or(0);
     let null: Vec<f64> = (0..k).filter(|&c| c != top).map(|c| max_margins[c]).collect();
     // P(the largest of k draws from the null >= the observed largest).
-    let p_value = Gamma::fit_moments(&null).map_or(f64::NAN, |g| 1.0 - g.cdf(max_margins[top]).powi(k as i32));
+    let p_value = null_cdf(&null).map_or(f64::NAN, |cdf| 1.0 - cdf(max_margins[top]).powi(k as i32));
     let flagged = (p_value < cfg.significance).then_some(top as u32);
     Ok(MmBdResult { anomaly_index: anomaly_indices(&max_margins), max_margins, p_value, flagged, steps })
 }
@@ -165,4 +168,36 @@ fn max_margin(net: &Network, class: usize, cfg: &MmBdConfig) -> Result<(f64, usi
     }
     let best = margins(&view.forward(&images.as_tensor().clamp(0f32, 1f32)?)?)?.max(0)?.to_scalar::<f32>()?;
     Ok((best as f64, taken))
+}
+
+/// The CDF of the null fitted to the other classes' statistics: the shifted gamma, or the
+/// normal where they are not right-skewed (or so little that the gamma's shape is beyond
+/// 10^4, where the two agree); `None` when they do not vary.
+fn null_cdf(null: &[f64]) -> Option<Box<dyn Fn(f64) -> f64>> {
+    match Gamma::fit_moments_shifted(null) {
+        Some(g) if g.shape <= 1e4 => Some(Box::new(move |x| g.cdf(x))),
+        _ => {
+            let n = null.len() as f64;
+            let mean = null.iter().sum::<f64>() / n;
+            let sd = (null.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            (sd > 0.0 && sd.is_finite()).then(|| Box::new(move |x| normal_cdf(x, mean, sd)) as Box<dyn Fn(f64) -> f64>)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_null_takes_margins_of_any_sign() {
+        // Right-skewed, some negative (an undertrained model): the shifted gamma.
+        let skewed = [-0.5, -0.2, 0.1, 0.2, 0.4, 0.9, 1.5, 3.0, 6.0];
+        let cdf = null_cdf(&skewed).expect("a null");
+        assert!(cdf(-0.6) < cdf(0.0) && cdf(0.0) < cdf(10.0) && cdf(10.0) <= 1.0);
+        // Symmetric: no gamma fits; the normal limit, centred on the mean.
+        let symmetric = [-2.0, -1.0, 0.0, 1.0, 2.0];
+        assert!((null_cdf(&symmetric).expect("a null")(0.0) - 0.5).abs() < 1e-12);
+        assert!(null_cdf(&[1.0, 1.0, 1.0]).is_none());
+    }
 }
