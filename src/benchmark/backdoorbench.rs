@@ -13,7 +13,7 @@
 use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
-use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, SpectralSignaturesConfig, StripConfig};
+use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
 use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, NcUnlearningConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::FileLock;
@@ -301,6 +301,25 @@ pub struct BenchCell {
     pub der: Option<f64>,
     /// Wall time of the cell (for `none`: training the model).
     pub seconds: Option<f64>,
+    /// For the detectors (STRIP, Spectral Signatures, Activation Clustering): how well they
+    /// told poisoned from clean samples. `None` for other defences.
+    pub detection: Option<DetectionScores>,
+}
+
+/// A detector's quality in a cell: AUROC of its score, and the recall and false-positive rate
+/// of what it flagged (poisoned training samples for the removal defences, triggered test
+/// inputs for the input filters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectionScores {
+    pub auroc: f64,
+    pub recall: f64,
+    pub false_positive_rate: f64,
+}
+
+impl From<&DetectionMetrics> for DetectionScores {
+    fn from(m: &DetectionMetrics) -> Self {
+        Self { auroc: m.auroc, recall: m.recall, false_positive_rate: m.false_positive_rate }
+    }
 }
 
 /// The benchmark table, with BackdoorBench's published numbers beside ours.
@@ -594,9 +613,13 @@ fn run_attack(
         progress.message(format!("{} / {}", attack.name, defence.name()));
         sweep.run(&[key], |_| {
             let started = Instant::now();
-            let after = apply_defence(defence, &net, &data.defender, &poisoned, &probe, cfg)?;
+            let (after, detection) = apply_defence(defence, &net, &data.defender, &poisoned, &probe, cfg)?;
             let der = defence_effectiveness_rate(&before, &after);
-            Ok(metric_values(&after, Some(der), started.elapsed().as_secs_f64()))
+            let mut values = metric_values(&after, Some(der), started.elapsed().as_secs_f64());
+            if let Some(d) = detection {
+                values.extend([("auroc".to_string(), d.auroc), ("det_recall".to_string(), d.recall), ("det_fpr".to_string(), d.false_positive_rate)]);
+            }
+            Ok(values)
         })?;
         progress.inc(1);
         after_cell()?;
@@ -706,7 +729,11 @@ fn collect(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
                 Some(r) => (CellStatus::Done, Some(metrics_of(r)?), r.get("der").and_then(Value::as_f64), r.get("seconds").and_then(Value::as_f64)),
                 None => (CellStatus::Pending, None, None, None),
             };
-            cells.push(BenchCell { attack: attack.name.clone(), defence, seed, status, metrics, der, seconds });
+            let detection = row.as_ref().and_then(|r| {
+                let f = |k: &str| r.get(k).and_then(Value::as_f64);
+                Some(DetectionScores { auroc: f("auroc")?, recall: f("det_recall")?, false_positive_rate: f("det_fpr")? })
+            });
+            cells.push(BenchCell { attack: attack.name.clone(), defence, seed, status, metrics, der, seconds, detection });
         }
     }
     Ok(BackdoorBenchResult { cells, histories: Vec::new() })
@@ -764,37 +791,43 @@ fn apply_defence(
     poisoned: &Dataset,
     probe: &BackdoorProbe,
     cfg: &BackdoorBenchConfig,
-) -> Result<BackdoorMetrics> {
+) -> Result<(BackdoorMetrics, Option<DetectionScores>)> {
     let seed = |s: u64| s.wrapping_add(cfg.seed());
+    let detector = |after: BackdoorMetrics, d: &DetectionMetrics| (after, Some(DetectionScores::from(d)));
     Ok(match defence {
         BenchDefence::FineTuning(c) => {
             let mut model = net.duplicate()?;
             model.unfreeze_all();
             train(&mut model, defender, None, &c.train_config(LrSchedule::Constant { lr: c.standard_lr }))?;
-            probe.measure(&model)?
+            (probe.measure(&model)?, None)
         }
         BenchDefence::FinePruning(c) => {
             let r = fine_pruning::run(net, defender, probe, &FinePruningConfig { seed: seed(c.seed), ..c.clone() })?;
-            last_metrics(&r.after, "fine-pruning")?
+            (last_metrics(&r.after, "fine-pruning")?, None)
         }
         BenchDefence::NeuralCleanse(c) => {
             let (r, _) = nc_unlearning::run(net, defender, probe, &NcUnlearningConfig { seed: seed(c.seed), ..c.clone() })?;
-            last_metrics(&r.after, "neural cleanse")?
+            (last_metrics(&r.after, "neural cleanse")?, None)
         }
         BenchDefence::Abl(c) => {
             let r = abl::run(poisoned, net.spec(), probe, &AblConfig { seed: seed(c.seed), device: cfg.device.clone(), ..c.clone() })?;
-            r.final_metrics()
+            (r.final_metrics(), None)
         }
-        BenchDefence::Clp(c) => clp::run(net, probe, c)?.after,
-        BenchDefence::Fst(c) => feature_shift_tuning::run(net, defender, probe, &FstConfig { seed: seed(c.seed), ..c.clone() })?.after,
-        BenchDefence::Strip(c) => strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?.behind_filter,
+        BenchDefence::Clp(c) => (clp::run(net, probe, c)?.after, None),
+        BenchDefence::Fst(c) => (feature_shift_tuning::run(net, defender, probe, &FstConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
+        BenchDefence::Strip(c) => {
+            let r = strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?;
+            detector(r.behind_filter, &r.detection)
+        }
         BenchDefence::SpectralSignatures(c) => {
             let c = SpectralSignaturesConfig { retrain: Some(retrain_recipe(cfg)), seed: seed(c.seed), ..c.clone() };
-            retrained(spectral_signatures::run(net, poisoned, probe, &c)?.retrained, "spectral signatures")?
+            let r = spectral_signatures::run(net, poisoned, probe, &c)?;
+            detector(retrained(r.retrained, "spectral signatures")?, &r.detection)
         }
         BenchDefence::ActivationClustering(c) => {
             let c = ActivationClusteringConfig { retrain: Some(retrain_recipe(cfg)), seed: seed(c.seed), ..c.clone() };
-            retrained(activation_clustering::run(net, poisoned, probe, &c)?.retrained, "activation clustering")?
+            let r = activation_clustering::run(net, poisoned, probe, &c)?;
+            detector(retrained(r.retrained, "activation clustering")?, &r.detection)
         }
     })
 }
@@ -886,8 +919,9 @@ impl BackdoorBenchResult {
 
 impl Outcome for BackdoorBenchResult {
     /// One row per cell: attack, defence, seed, status (`done` / `pending`), ca, asr, ra, der,
-    /// seconds (null while pending), and BackdoorBench's published `bb_ca`, `bb_asr` (%, null
-    /// where it reports none). Our rates are fractions in [0, 1].
+    /// seconds (null while pending), the detectors' auroc, det_recall and det_fpr (null for
+    /// other defences), and BackdoorBench's published `bb_ca`, `bb_asr` (%, null where it
+    /// reports none). Our rates are fractions in [0, 1].
     fn to_dataframe(&self) -> Result<DataFrame> {
         let c = &self.cells;
         let m = |f: &dyn Fn(&BackdoorMetrics) -> f64| c.iter().map(|x| x.metrics.as_ref().map(f)).collect::<Vec<Option<f64>>>();
@@ -903,6 +937,9 @@ impl Outcome for BackdoorBenchResult {
             Series::new("ra".into(), m(&|x| x.robust_accuracy)).into(),
             Series::new("der".into(), c.iter().map(|x| x.der).collect::<Vec<_>>()).into(),
             Series::new("seconds".into(), c.iter().map(|x| x.seconds).collect::<Vec<_>>()).into(),
+            Series::new("auroc".into(), c.iter().map(|x| x.detection.map(|d| d.auroc)).collect::<Vec<_>>()).into(),
+            Series::new("det_recall".into(), c.iter().map(|x| x.detection.map(|d| d.recall)).collect::<Vec<_>>()).into(),
+            Series::new("det_fpr".into(), c.iter().map(|x| x.detection.map(|d| d.false_positive_rate)).collect::<Vec<_>>()).into(),
             Series::new("bb_ca".into(), bb(0)).into(),
             Series::new("bb_asr".into(), bb(1)).into(),
         ])?)

@@ -6,5 +6,5 @@ pub mod backdoorbench;
 pub mod grid;
 mod published;
 
-pub use backdoorbench::{AttackCell, GridTask, BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
+pub use backdoorbench::{AttackCell, DetectionScores, GridTask, BackdoorBenchConfig, BackdoorBenchResult, BenchAttack, BenchCell, BenchDefence, CellStatus};
 pub use published::{published, PUBLISHED_PREACT_RESNET18_CIFAR10};

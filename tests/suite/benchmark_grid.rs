@@ -43,6 +43,12 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
     for file in ["table.parquet", "table.csv", "figure.png", "asr_heatmap.png", "ca_vs_asr.png"] {
         assert!(out_dir.join(file).exists(), "{file} was not written");
     }
+    // The detector's cells say how well it found the poison; the others have no such score.
+    for c in &first.cells {
+        assert_eq!(c.detection.is_some(), c.defence == "spectral", "{c:?}");
+    }
+    let auroc = first.cells.iter().find_map(|c| c.detection).unwrap().auroc;
+    assert!((0.0..=1.0).contains(&auroc), "{auroc}");
     // The two seeds are two different experiments.
     let ca = |seed: u64| first.cells.iter().find(|c| c.seed == seed && c.defence == "none").unwrap().metrics.unwrap();
     assert_ne!(ca(0), ca(1));
