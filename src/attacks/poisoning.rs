@@ -7,6 +7,8 @@
 
 use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
+use super::adversarial_hardening::AdversarialHardening;
+use crate::rng::stream;
 use super::frequency_trigger::FrequencyTrigger;
 use super::trigger::{Placement, Trigger};
 use crate::data::Dataset;
@@ -51,6 +53,10 @@ pub struct PoisoningAttackConfig {
     /// the trigger's warp plus up to a pixel of random jitter and keep their labels, so that
     /// the victim learns the exact warp rather than "any warp". `None` trains normally.
     pub noise_mode: Option<f64>,
+    /// Label-consistent hardening (clean-label poisons only): each poison is first moved by
+    /// PGD away from its true class on a surrogate (the clean reference model), then stamped.
+    /// `None` poisons the images as they are.
+    pub hardening: Option<AdversarialHardening>,
 }
 
 /// The victim the attacks of this crate train by default: a small dataset-distillation ConvNet
@@ -82,6 +88,7 @@ impl Default for PoisoningAttackConfig {
             model_seed: 0,
             device: Device::Cpu,
             noise_mode: None,
+            hardening: None,
         }
     }
 }
@@ -104,6 +111,21 @@ impl PoisoningAttackConfig {
     /// the target class (about 10 % of a balanced 10-class set): 5 % poisons about half of it.
     pub fn clean_label() -> Self {
         Self { name: "clean-label".into(), poison: PoisonConfig { clean_label: true, ..PoisonConfig::badnets(3, 0.05, 0) }, ..Self::default() }
+    }
+
+    /// Label-consistent (Turner et al. 2019): clean-label like [`Self::clean_label`] (5 %, half
+    /// of a balanced 10-class set's target class), each poison first hardened by PGD on the
+    /// clean reference model (BackdoorBench's 8/255, 100 steps of 1.5/255; see
+    /// [`AdversarialHardening`]), then stamped with Turner et al.'s trigger: a 3x3 checkerboard
+    /// in all four corners. The claim: hardening makes clean-label poisoning implant the
+    /// backdoor where the plain clean-label attack does not.
+    pub fn label_consistent() -> Self {
+        Self {
+            name: "label-consistent".into(),
+            poison: PoisonConfig { trigger: Trigger::checkerboard(3).at(Placement::FourCorners), clean_label: true, ..PoisonConfig::badnets(3, 0.05, 0) },
+            hardening: Some(AdversarialHardening::default()),
+            ..Self::default()
+        }
     }
 
     /// BadNets all-to-all: a triggered input of class y goes to (y + 1) mod K.
@@ -185,6 +207,12 @@ impl PoisoningAttackConfig {
         self.poison.trigger.validate(train.shape)?;
         self.poison.target.validate(train.num_classes())?;
         ModelSpec::new(self.arch.clone(), train.shape, train.num_classes())?;
+        if let Some(h) = &self.hardening {
+            h.validate()?;
+            if !self.poison.clean_label {
+                return Err(Error::invalid("hardening", "label-consistent hardening is for clean-label poisons; set poison.clean_label, or hardening to None"));
+            }
+        }
         if let Some(ratio) = self.noise_mode {
             if !matches!(self.poison.trigger, Trigger::Warp(_)) {
                 return Err(Error::invalid("noise mode", "it is WaNet's: it needs a warp trigger (Trigger::wanet()); set noise_mode to None for other triggers"));
@@ -220,7 +248,17 @@ impl PoisoningAttackConfig {
 /// Defences reuse this to get a backdoored model to work on.
 pub fn train_victim(train_set: &Dataset, cfg: &PoisoningAttackConfig, device: &Device) -> Result<(Network, Dataset)> {
     cfg.validate(train_set)?;
-    let poisoned = poison(train_set, &cfg.poison)?;
+    let surrogate = match cfg.hardening {
+        Some(_) => Some(train_clean(train_set, cfg, device)?),
+        None => None,
+    };
+    train_victim_with(train_set, cfg, device, surrogate.as_ref())
+}
+
+/// [`train_victim`] with the surrogate for label-consistent hardening already trained.
+fn train_victim_with(train_set: &Dataset, cfg: &PoisoningAttackConfig, device: &Device, surrogate: Option<&Network>) -> Result<(Network, Dataset)> {
+    cfg.validate(train_set)?;
+    let poisoned = poisoned_set(train_set, cfg, surrogate)?;
     let mut net = Network::new(&cfg.spec(train_set)?, cfg.model_seed, device)?;
     match (cfg.noise_mode, &cfg.poison.trigger) {
         (Some(cross_ratio), Trigger::Warp(warp)) => {
@@ -237,6 +275,25 @@ pub fn train_victim(train_set: &Dataset, cfg: &PoisoningAttackConfig, device: &D
         }
     }
     Ok((net, poisoned))
+}
+
+/// The poisoned training set; with hardening, each poison is the PGD-hardened original
+/// stamped with the trigger (placements drawn as `poison` draws them).
+fn poisoned_set(train_set: &Dataset, cfg: &PoisoningAttackConfig, surrogate: Option<&Network>) -> Result<Dataset> {
+    let mut poisoned = poison(train_set, &cfg.poison)?;
+    let Some(hardening) = &cfg.hardening else {
+        return Ok(poisoned);
+    };
+    let surrogate = surrogate.ok_or_else(|| Error::invalid("hardening", "label-consistent hardening needs a surrogate model"))?;
+    let chosen: Vec<usize> = poisoned.poisoned_flags().iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
+    let hardened = hardening.perturb(surrogate, train_set, &chosen)?;
+    let mut rng = stream(cfg.poison.seed, "trigger.placement");
+    for (&i, image) in chosen.iter().zip(hardened) {
+        let dst = poisoned.image_mut(i);
+        dst.copy_from_slice(&image);
+        cfg.poison.trigger.apply(dst, train_set.shape, Some(&mut rng))?;
+    }
+    Ok(poisoned)
 }
 
 /// WaNet's noise mode: cross-entropy on the batch after warping `share` of it (clean samples
@@ -344,7 +401,7 @@ pub fn run(train: &Dataset, test: &Dataset, cfg: &PoisoningAttackConfig) -> Resu
 }
 
 fn run_with_reference(train: &Dataset, test: &Dataset, cfg: &PoisoningAttackConfig, reference: &Network, device: &Device) -> Result<PoisoningAttackResult> {
-    let (victim, poisoned) = train_victim(train, cfg, device)?;
+    let (victim, poisoned) = train_victim_with(train, cfg, device, Some(reference))?;
     let trigger = &cfg.poison.trigger;
     let target = &cfg.poison.target;
     Ok(PoisoningAttackResult {

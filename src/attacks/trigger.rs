@@ -32,6 +32,9 @@ pub enum Placement {
     At(usize, usize),
     /// A uniformly random location per image.
     Random,
+    /// The same patch in all four corners (Turner et al.'s label-consistent trigger, which
+    /// survives horizontal flips and crops of one corner).
+    FourCorners,
 }
 
 /// A full-image pattern blended into the input.
@@ -199,29 +202,33 @@ impl Trigger {
         match self {
             Trigger::Patch { size, fill, placement } => {
                 let s = *size;
-                let (r0, c0) = match placement {
-                    Placement::BottomRight => (h - s, w - s),
-                    Placement::BottomLeft => (h - s, 0),
-                    Placement::TopRight => (0, w - s),
-                    Placement::TopLeft => (0, 0),
-                    Placement::At(r, col) => (*r, *col),
+                let corners = [(h - s, w - s), (h - s, 0), (0, w - s), (0, 0)];
+                let origins: Vec<(usize, usize)> = match placement {
+                    Placement::BottomRight => vec![corners[0]],
+                    Placement::BottomLeft => vec![corners[1]],
+                    Placement::TopRight => vec![corners[2]],
+                    Placement::TopLeft => vec![corners[3]],
+                    Placement::FourCorners => corners.to_vec(),
+                    Placement::At(r, col) => vec![(*r, *col)],
                     Placement::Random => {
                         let rng = rng.ok_or_else(|| Error::invalid("trigger", "random placement needs a random generator"))?;
-                        (rng.random_range(0..=h - s), rng.random_range(0..=w - s))
+                        vec![(rng.random_range(0..=h - s), rng.random_range(0..=w - s))]
                     }
                 };
-                for ch in 0..c {
-                    for i in 0..s {
-                        for j in 0..s {
-                            let v = match fill {
-                                PatchFill::Solid(v) => *v,
-                                PatchFill::Checkerboard => ((i + j + 1) % 2) as f32,
-                                PatchFill::Image { channels, pixels } => {
-                                    let pc = if *channels == 1 { 0 } else { ch };
-                                    pixels[(pc * s + i) * s + j]
-                                }
-                            };
-                            image[(ch * h + r0 + i) * w + c0 + j] = v;
+                for (r0, c0) in origins {
+                    for ch in 0..c {
+                        for i in 0..s {
+                            for j in 0..s {
+                                let v = match fill {
+                                    PatchFill::Solid(v) => *v,
+                                    PatchFill::Checkerboard => ((i + j + 1) % 2) as f32,
+                                    PatchFill::Image { channels, pixels } => {
+                                        let pc = if *channels == 1 { 0 } else { ch };
+                                        pixels[(pc * s + i) * s + j]
+                                    }
+                                };
+                                image[(ch * h + r0 + i) * w + c0 + j] = v;
+                            }
                         }
                     }
                 }

@@ -242,3 +242,20 @@ fn bpp_squeezes_to_eight_levels_and_dithering_keeps_the_mean() {
     let e = Trigger::ColorDepth { levels: 1, dither: true }.validate(shape).unwrap_err().to_string();
     assert!(e.contains("levels") && e.contains("8"), "{e}");
 }
+
+/// Label-consistent poisoning (Turner et al. 2019) on the CIFAR-10 subset: the same
+/// clean-label poisons (5 %, half of class 0, the four-corner checkerboard) with and without
+/// PGD hardening on the clean reference model. The claim: hardening is what makes the
+/// clean-label backdoor take.
+#[test]
+fn label_consistent_hardening_strengthens_the_clean_label_backdoor() {
+    let Some((train, test)) = cifar_subset() else { return };
+    let lc = quick(PoisoningAttackConfig::label_consistent(), 6);
+    let plain = PoisoningAttackConfig { hardening: None, ..lc.clone() }.named("clean-label, not hardened");
+    let r = poisoning::compare(&train, &test, &[plain, lc]).unwrap();
+    for run in &r.runs {
+        println!("{}: victim {:?}\n    clean {:?}", run.config.name, run.victim, run.clean_reference);
+    }
+    let (plain, lc) = (&r.runs[0].victim, &r.runs[1].victim);
+    assert!(lc.attack_success_rate > plain.attack_success_rate + 0.1, "label-consistent {lc:?} vs plain clean-label {plain:?}");
+}

@@ -444,7 +444,7 @@ fn patch_state(trigger: &Trigger, shape: (usize, usize, usize)) -> Result<PatchS
         Placement::TopRight => (0, w - s),
         Placement::TopLeft => (0, 0),
         Placement::At(r, col) => (*r, *col),
-        Placement::Random => return Err(Error::invalid("trigger", "DOORPING needs a fixed placement")),
+        Placement::Random | Placement::FourCorners => return Err(Error::invalid("trigger", "DOORPING optimises one patch at a fixed placement")),
     };
     let mut img = vec![0f32; c * h * w];
     trigger.clone().at(Placement::At(row, col)).apply(&mut img, shape, None)?;

@@ -191,7 +191,7 @@ struct AttackArgs {
     /// Side of the BadNets patch.
     #[arg(long, default_value_t = 3)]
     trigger_size: usize,
-    /// Where the patch goes: bottom-right, bottom-left, top-right, top-left, random.
+    /// Where the patch goes: bottom-right, bottom-left, top-right, top-left, four-corners, random.
     #[arg(long, default_value = "bottom-right")]
     trigger_placement: String,
     /// What the patch looks like: white or checkerboard.
@@ -225,10 +225,11 @@ impl AttackArgs {
                     "top-right" => Placement::TopRight,
                     "top-left" => Placement::TopLeft,
                     "random" => Placement::Random,
+                    "four-corners" => Placement::FourCorners,
                     other => {
                         return Err(transferlab::Error::invalid(
                             "trigger placement",
-                            format!("{other:?}; use bottom-right, bottom-left, top-right, top-left or random"),
+                            format!("{other:?}; use bottom-right, bottom-left, top-right, top-left, four-corners or random"),
                         ))
                     }
                 };
