@@ -133,13 +133,22 @@ impl FileLock {
     /// assert!(FileLock::try_acquire(&path).unwrap().is_some());
     /// ```
     pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        Self::lock(path, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// Take the lock on `path`, waiting for another holder to release it.
+    pub fn acquire(path: &Path) -> Result<FileLock> {
+        Self::lock(path, libc::LOCK_EX)?.ok_or_else(|| Error::io("lock", path, std::io::Error::other("a blocking lock returned without the lock")))
+    }
+
+    fn lock(path: &Path, operation: libc::c_int) -> Result<Option<FileLock>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         }
         let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io("open lock file", path, e))?;
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a descriptor this function owns; no memory is shared.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
             return Ok(Some(FileLock { _file: file }));
         }
         let e = std::io::Error::last_os_error();

@@ -4,10 +4,12 @@
 //! features and leans on the trigger they carry, so clean-label poisoning, weak without it,
 //! implants the backdoor.
 
+use super::poison::{poison, PoisonConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Network;
 use crate::train::cross_entropy;
+use crate::rng::stream;
 use candle_core::{Tensor, Var};
 
 /// PGD settings. Defaults are BackdoorBench's `resource/label-consistent/craft_adv_dataset.py`:
@@ -87,5 +89,23 @@ impl AdversarialHardening {
             out.extend(pixels.chunks(len).map(|img| img.iter().map(|v| (v * 255.0).round() / 255.0).collect()));
         }
         Ok(out)
+    }
+
+    /// `ds` poisoned as `cfg` says (clean-label), each poison the hardened original with the
+    /// trigger stamped on it (placements drawn as [`poison`] draws them).
+    pub fn poison(&self, ds: &Dataset, cfg: &PoisonConfig, surrogate: &Network) -> Result<Dataset> {
+        if !cfg.clean_label {
+            return Err(Error::invalid("hardening", "label-consistent hardening is for clean-label poisons; set clean_label"));
+        }
+        let mut poisoned = poison(ds, cfg)?;
+        let chosen: Vec<usize> = poisoned.poisoned_flags().iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
+        let hardened = self.perturb(surrogate, ds, &chosen)?;
+        let mut rng = stream(cfg.seed, "trigger.placement");
+        for (&i, image) in chosen.iter().zip(hardened) {
+            let dst = poisoned.image_mut(i);
+            dst.copy_from_slice(&image);
+            cfg.trigger.apply(dst, ds.shape, Some(&mut rng))?;
+        }
+        Ok(poisoned)
     }
 }

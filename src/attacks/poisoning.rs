@@ -8,7 +8,6 @@
 use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
 use super::adversarial_hardening::AdversarialHardening;
-use crate::rng::stream;
 use super::frequency_trigger::FrequencyTrigger;
 use super::trigger::{Placement, Trigger};
 use crate::data::Dataset;
@@ -277,23 +276,13 @@ fn train_victim_with(train_set: &Dataset, cfg: &PoisoningAttackConfig, device: &
     Ok((net, poisoned))
 }
 
-/// The poisoned training set; with hardening, each poison is the PGD-hardened original
-/// stamped with the trigger (placements drawn as `poison` draws them).
+/// The poisoned training set, hardened where the configuration asks for it.
 fn poisoned_set(train_set: &Dataset, cfg: &PoisoningAttackConfig, surrogate: Option<&Network>) -> Result<Dataset> {
-    let mut poisoned = poison(train_set, &cfg.poison)?;
-    let Some(hardening) = &cfg.hardening else {
-        return Ok(poisoned);
-    };
-    let surrogate = surrogate.ok_or_else(|| Error::invalid("hardening", "label-consistent hardening needs a surrogate model"))?;
-    let chosen: Vec<usize> = poisoned.poisoned_flags().iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
-    let hardened = hardening.perturb(surrogate, train_set, &chosen)?;
-    let mut rng = stream(cfg.poison.seed, "trigger.placement");
-    for (&i, image) in chosen.iter().zip(hardened) {
-        let dst = poisoned.image_mut(i);
-        dst.copy_from_slice(&image);
-        cfg.poison.trigger.apply(dst, train_set.shape, Some(&mut rng))?;
+    match (&cfg.hardening, surrogate) {
+        (None, _) => poison(train_set, &cfg.poison),
+        (Some(h), Some(s)) => h.poison(train_set, &cfg.poison, s),
+        (Some(_), None) => Err(Error::invalid("hardening", "label-consistent hardening needs a surrogate model")),
     }
-    Ok(poisoned)
 }
 
 /// WaNet's noise mode: cross-entropy on the batch after warping `share` of it (clean samples

@@ -10,7 +10,7 @@
 //! at a time (a lock file beside its log), so the grid's tasks can run as separate jobs on a
 //! cluster ([`crate::benchmark::grid`]).
 
-use crate::attacks::{defence_effectiveness_rate, poison, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
+use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
@@ -37,13 +37,16 @@ pub struct BenchAttack {
     /// Short lower-case name (`badnets`, `blended`, `clean`), the table's `attack` column.
     pub name: String,
     pub poison: PoisonConfig,
+    /// Label-consistent hardening of the (clean-label) poisons, on a surrogate: the grid's
+    /// clean model of the same seed (trained once, shared with the `clean` attack's task).
+    pub hardening: Option<AdversarialHardening>,
 }
 
 impl BenchAttack {
     /// BackdoorBench's BadNets: a 3x3 white patch in the bottom-right corner, 10 % of the
     /// training set relabelled to class 0.
     pub fn badnets() -> Self {
-        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0) }
+        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None }
     }
 
     /// BackdoorBench's Blended: a full-image pattern blended at alpha 0.2, 10 %, target 0.
@@ -51,41 +54,51 @@ impl BenchAttack {
     /// (Chen et al.'s other pattern), which ships with no image licence.
     pub fn blended() -> Self {
         let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
-        Self { name: "blended".into(), poison }
+        Self { name: "blended".into(), poison, hardening: None }
     }
 
     /// SIG (Barni et al. 2019) as BackdoorBench runs it: the sinusoid (delta 40/255, f = 6) on
     /// 10 % of the training set, clean-label (every target-class image of CIFAR-10), target 0.
     pub fn sig() -> Self {
-        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison }
+        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None }
     }
 
     /// FTrojan (Wang et al. 2022) with BackdoorBench's `ftrojann` defaults: the frequency
     /// trigger in the chrominance channels, 10 % dirty-label to class 0.
     pub fn ftrojan() -> Self {
-        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison }
+        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None }
     }
 
     /// WaNet (Nguyen & Tran 2021) in its poison-only form ([`PoisoningAttackConfig::wanet`]):
     /// the k = 4, s = 0.5 warp on 10 % of the training set, dirty-label to class 0.
     pub fn wanet() -> Self {
-        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison }
+        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None }
     }
 
     /// BppAttack (Wang et al. 2022) in its poison-only form ([`PoisoningAttackConfig::bpp`]):
     /// 3-bit dithered colour depth on 10 %, dirty-label to class 0.
     pub fn bpp() -> Self {
-        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison }
+        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None }
+    }
+
+    /// Label-consistent (Turner et al. 2019) as BackdoorBench runs it: 10 % of the training set
+    /// (every target-class image of CIFAR-10), clean-label, each poison hardened by PGD (8/255,
+    /// 100 steps) on the seed's clean model, then Turner's 3x3 checkerboard in all four
+    /// corners; target 0 ([`PoisoningAttackConfig::label_consistent`] at BackdoorBench's rate).
+    /// Deviation: BackdoorBench's surrogate is an adversarially trained ResNet-18.
+    pub fn lc() -> Self {
+        let cfg = PoisoningAttackConfig::label_consistent();
+        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening }
     }
 
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
-        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) } }
+        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None }
     }
 
     /// Every attack's name, as [`Self::by_name`] takes it.
-    pub const NAMES: [&'static str; 7] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "clean"];
+    pub const NAMES: [&'static str; 8] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "lc", "clean"];
 
     /// The attack called `name` (see [`Self::NAMES`]) with BackdoorBench's settings.
     ///
@@ -102,6 +115,7 @@ impl BenchAttack {
             "ftrojan" => Self::ftrojan(),
             "wanet" => Self::wanet(),
             "bpp" => Self::bpp(),
+            "lc" => Self::lc(),
             "clean" => Self::clean(),
             other => return Err(Error::invalid("attack", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
         })
@@ -386,7 +400,7 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}|defender={}|seed={}",
+            "v{}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
             self.dataset,
             self.train_per_class,
@@ -395,6 +409,8 @@ impl BackdoorBenchConfig {
             self.normalize,
             train,
             attack.poison,
+            // Only hardened attacks add to the text, so other models keep their file names.
+            attack.hardening.as_ref().map_or(String::new(), |h| format!("|hardening={h:?}")),
             self.defender_fraction,
             self.seed()
         )
@@ -655,6 +671,15 @@ impl BackdoorBenchConfig {
         Ok(AttackCell { net: Network::from_file(&weights, &one.device)?, poisoned, defender: one.defender_set(&train_set)?, probe })
     }
 
+    /// The seed's clean model (the `clean` attack's, trained here if its task has not trained
+    /// it yet, under that task's lock so that two tasks never train it at once).
+    fn clean_model(&self, train_set: &Dataset, test_set: &Dataset) -> Result<Network> {
+        let clean = BenchAttack::clean();
+        let _lock = FileLock::acquire(&self.task_path(&clean, "lock"))?;
+        let unpoisoned = poison(train_set, &PoisonConfig { seed: self.seed(), ..clean.poison.clone() })?;
+        Ok(train_or_load(self, &clean, &unpoisoned, test_set)?.0)
+    }
+
     /// The defender's clean share of the training set (one seed's configuration).
     fn defender_set(&self, train_set: &Dataset) -> Result<Dataset> {
         Ok(train_set.split(self.defender_fraction, self.seed(), true)?.0)
@@ -662,7 +687,11 @@ impl BackdoorBenchConfig {
 
     /// `attack`'s poisoned training set and the probe that scores it (one seed's configuration).
     fn attack_inputs(&self, attack: &BenchAttack, train_set: &Dataset, test_set: &Dataset) -> Result<(Dataset, BackdoorProbe)> {
-        let poisoned = poison(train_set, &PoisonConfig { seed: self.seed(), ..attack.poison.clone() })?;
+        let cfg = PoisonConfig { seed: self.seed(), ..attack.poison.clone() };
+        let poisoned = match &attack.hardening {
+            None => poison(train_set, &cfg)?,
+            Some(h) => h.poison(train_set, &cfg, &self.clean_model(train_set, test_set)?)?,
+        };
         Ok((poisoned, BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target)))
     }
 }

@@ -81,3 +81,46 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
     assert!(other.cells.iter().all(|c| c.status == CellStatus::Pending));
     std::fs::remove_dir_all(&out_dir).ok();
 }
+
+/// The label-consistent attack in the grid: its surrogate is the seed's clean model, trained
+/// once under the clean task's name (the `clean` attack reuses it), and its poisons are the
+/// hardened originals with the four-corner trigger.
+#[test]
+fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
+    if std::env::var("TLAB_CIFAR_HUB").is_err() {
+        eprintln!("skipped: CIFAR-10 is not served (run through tests/with_cifar_hub.sh, as `just test` does)");
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("transferlab_grid_lc_{}", std::process::id()));
+    std::fs::remove_dir_all(&out_dir).ok();
+    let mut cfg = BackdoorBenchConfig {
+        train_per_class: Some(20),
+        test_per_class: Some(10),
+        model: "resnet8".into(),
+        attacks: vec![BenchAttack::by_name("lc").unwrap(), BenchAttack::clean()],
+        defences: vec![],
+        out_dir: out_dir.clone(),
+        progress: ProgressMode::Hidden,
+        ..BackdoorBenchConfig::default()
+    }
+    .with_epochs(2);
+    cfg.train.batch_size = 32;
+    cfg.attacks[0].hardening.as_mut().unwrap().steps = 10;
+    let r = backdoorbench::run(&cfg).unwrap();
+    assert!(r.cells.iter().all(|c| c.status == CellStatus::Done), "{:?}", r.cells);
+    // The clean model was trained for the surrogate; the clean task found it on disk.
+    assert_eq!(r.histories.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["lc"]);
+    let clean_models = std::fs::read_dir(out_dir.join("models")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("clean-seed0") && e.path().extension().is_some_and(|x| x == "safetensors")).count();
+    assert_eq!(clean_models, 1);
+    let cell = cfg.attack_cell(&cfg.attacks[0]).unwrap();
+    let clean_set = cfg.attack_cell(&cfg.attacks[1]).unwrap().poisoned;
+    let flagged: Vec<usize> = cell.poisoned.poisoned_flags().iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
+    assert_eq!(flagged.len(), 20, "10 % of 200 images, all of class 0");
+    assert!(flagged.iter().all(|&i| cell.poisoned.labels[i] == 0));
+    // Away from the corners the poison differs from the original by at most eps (plus 8-bit rounding), and does differ.
+    let (c, h, w) = cell.poisoned.shape;
+    let centre = |img: &[f32]| (0..c).flat_map(move |ch| (4..h - 4).flat_map(move |y| (4..w - 4).map(move |x| (ch * h + y) * w + x))).map(|k| img[k]).collect::<Vec<f32>>();
+    let moved = flagged.iter().map(|&i| centre(cell.poisoned.image(i)).iter().zip(centre(clean_set.image(i))).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)).fold(0f32, f32::max);
+    assert!(moved > 0.0 && moved <= 8.5 / 255.0 + 1e-6, "largest change {moved}");
+    std::fs::remove_dir_all(&out_dir).ok();
+}
