@@ -65,7 +65,11 @@ fn logged_cells(out: &Path) -> HashMap<String, usize> {
 #[test]
 fn a_cancelled_task_resubmitted_finishes_the_grid_as_a_local_run_does() {
     if std::env::var("TLAB_SLURM").is_err() || !cifar_served() {
-        assert!(std::env::var("TLAB_REQUIRE_SLURM").is_err(), "TLAB_REQUIRE_SLURM is set but no local Slurm runs: run the suite through tests/with_slurm.sh (as `just test` does)");
+        assert!(
+            std::env::var("TLAB_REQUIRE_SLURM").is_err(),
+            "TLAB_REQUIRE_SLURM is set but {}: run the suite through tests/with_cifar_hub.sh and tests/with_slurm.sh (as `just test` does)",
+            if std::env::var("TLAB_SLURM").is_err() { "no local Slurm runs" } else { "CIFAR-10 is not served" }
+        );
         eprintln!("skipped: needs a local Slurm and CIFAR-10 (run through tests/with_cifar_hub.sh and tests/with_slurm.sh, as `just test` does)");
         return;
     }
