@@ -282,7 +282,8 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
     // A log written for other data or another source recipe must not be resumed as if it
     // were this study's: every entry carries a key of both.
     let recipe = format!(
-        "{:016x}{:016x}{:016x}|{:?}|{:?}|{}",
+        "numerics={}|{:016x}{:016x}{:016x}|{:?}|{:?}|{}",
+        crate::train::NUMERICS_VERSION,
         source.fingerprint(),
         target_train.fingerprint(),
         target_test.fingerprint(),

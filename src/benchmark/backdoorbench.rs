@@ -4,7 +4,8 @@
 //! Durability: each attacked model checkpoints every epoch and is saved (atomically) when
 //! trained; each finished cell is appended to its task's log (`cells/{attack}-seed{seed}.jsonl`
 //! in the output folder: one task is one attack's model for one seed), keyed by a fingerprint
-//! of the data, model, recipe, attack, defence, seed and crate version. A rerun after a kill
+//! of the data, model, recipe, attack, defence, seed, crate version and numerics version
+//! ([`crate::train::NUMERICS_VERSION`]). A rerun after a kill
 //! skips finished cells and trained models and resumes a model mid-training; a change to any
 //! setting changes the fingerprint, so stale rows are never reused. A task runs in one process
 //! at a time (a lock file beside its log), so the grid's tasks can run as separate jobs on a
@@ -400,8 +401,9 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}|defender={}|seed={}",
+            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
+            crate::train::NUMERICS_VERSION,
             self.dataset,
             self.train_per_class,
             self.test_per_class,

@@ -230,7 +230,8 @@ pub fn run(
     // it were this study's: every entry carries a key of all of them (the swept sizes and rates
     // are keys of their own, so a study extended by a rate reuses its finished rows).
     let recipe = format!(
-        "{:016x}{:016x}{:016x}|{:?}|{:?}",
+        "numerics={}|{:016x}{:016x}{:016x}|{:?}|{:?}",
+        crate::train::NUMERICS_VERSION,
         initial.fingerprint(),
         pool.fingerprint(),
         test.fingerprint(),

@@ -348,7 +348,8 @@ fn fingerprint(net: &Network, data: &Dataset, cfg: &TrainConfig) -> String {
     let mut frozen: Vec<String> = net.parameter_names();
     frozen.retain(|n| !net.trainable_vars().iter().any(|(t, _)| t == n));
     format!(
-        "{}|n={}|classes={}|epochs={}|batch={}|opt={:?}|sched={:?}|aug={:?}|mixup={:?}|ls={}|clip={:?}|seed={}|frozen={}",
+        "numerics={}|{}|n={}|classes={}|epochs={}|batch={}|opt={:?}|sched={:?}|aug={:?}|mixup={:?}|ls={}|clip={:?}|seed={}|frozen={}",
+        super::NUMERICS_VERSION,
         serde_json::to_string(net.spec()).unwrap_or_default(),
         data.len(),
         data.num_classes(),
