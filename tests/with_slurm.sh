@@ -4,8 +4,8 @@
 # state and logs, SLURM_CONF pointing sbatch/squeue/scancel at it. Every daemon it started is
 # stopped when the command ends, whatever its exit status. Needs root (slurmd runs jobs as
 # their user) and the packages slurmctld, slurmd, slurm-client and munge (.ci/run installs
-# them). Without them the command runs as it is, and the Slurm tests say they were skipped
-# (or fail, where TLAB_REQUIRE_SLURM=1, as in CI).
+# them). Without them, or if the daemons do not come up, the command runs as it is, and the
+# Slurm tests say they were skipped (or fail, where TLAB_REQUIRE_SLURM=1, as in CI).
 # Usage: tests/with_slurm.sh COMMAND [ARGS...]
 set -euo pipefail
 missing=()
@@ -95,9 +95,12 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 if [ -z "$ready" ]; then
-    echo "Slurm did not come up on $host; logs:" >&2
+    # The command still runs: its Slurm tests skip, or fail where TLAB_REQUIRE_SLURM says so.
+    echo "warning: Slurm did not come up on $host; running without it. Logs:" >&2
     tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" "$dir/munge/log" >&2 || true
-    exit 1
+    unset SLURM_CONF
+    "$@"
+    exit $?
 fi
 export TLAB_SLURM=1
 "$@"
