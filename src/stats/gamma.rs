@@ -24,9 +24,7 @@ impl Gamma {
         if values.len() < 2 || values.iter().any(|&v| !(v.is_finite() && v > 0.0)) {
             return None;
         }
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let (mean, var) = mean_and_variance(values);
         (var > 0.0).then(|| Self { shape: mean * mean / var, scale: var / mean, location: 0.0 })
     }
 
@@ -47,14 +45,12 @@ impl Gamma {
         if values.len() < 3 || values.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let (mean, var) = mean_and_variance(values);
         if var <= 0.0 {
             return None;
         }
         let sd = var.sqrt();
-        let skewness = values.iter().map(|v| ((v - mean) / sd).powi(3)).sum::<f64>() / n;
+        let skewness = values.iter().map(|v| ((v - mean) / sd).powi(3)).sum::<f64>() / values.len() as f64;
         if skewness <= 0.0 {
             return None;
         }
@@ -81,6 +77,13 @@ impl Gamma {
         }
         regularised_lower(self.shape, (x - self.location) / self.scale)
     }
+}
+
+/// The mean and the population variance (divided by n) of `values`; both NaN when empty.
+pub fn mean_and_variance(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (mean, values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n)
 }
 
 /// P(X <= x) for the normal distribution of `mean` and standard deviation `sd` (> 0), through

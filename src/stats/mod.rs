@@ -9,7 +9,7 @@ mod pca;
 mod roc;
 mod singular;
 
-pub use gamma::{normal_cdf, Gamma};
+pub use gamma::{mean_and_variance, normal_cdf, Gamma};
 pub use kmeans::{kmeans, KMeans};
 pub use pca::{principal_components, project};
 pub use roc::{auc, quantile, tpr_at_fpr};

@@ -10,7 +10,7 @@ use crate::models::Network;
 use crate::progress::{Progress, ProgressMode};
 use crate::report::{BarChart, Chart, Figure, Outcome};
 use crate::rng::stream_at;
-use crate::stats::{normal_cdf, Gamma};
+use crate::stats::{mean_and_variance, normal_cdf, Gamma};
 use candle_core::{Tensor, Var, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 use rand::Rng;
@@ -177,9 +177,8 @@ fn null_cdf(null: &[f64]) -> Option<Box<dyn Fn(f64) -> f64>> {
     match Gamma::fit_moments_shifted(null) {
         Some(g) if g.shape <= 1e4 => Some(Box::new(move |x| g.cdf(x))),
         _ => {
-            let n = null.len() as f64;
-            let mean = null.iter().sum::<f64>() / n;
-            let sd = (null.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let (mean, var) = mean_and_variance(null);
+            let sd = var.sqrt();
             (sd > 0.0 && sd.is_finite()).then(|| Box::new(move |x| normal_cdf(x, mean, sd)) as Box<dyn Fn(f64) -> f64>)
         }
     }
