@@ -121,6 +121,13 @@ pub struct Step<'a> {
 pub trait Objective {
     /// The scalar loss of one batch and the batch's logits (for the running accuracy).
     fn loss(&mut self, step: &mut Step) -> Result<(Tensor, Tensor)>;
+
+    /// Called after the loss's gradients are computed and before the optimiser applies them:
+    /// where an objective that moved the weights to take its gradient elsewhere (SAM's
+    /// ascent step) puts them back, so that the step starts from the weights it left.
+    fn after_backward(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Cross-entropy with optional label smoothing and MixUp.
@@ -306,6 +313,7 @@ pub fn train_with(
                     return Err(Error::NonFinite { epoch, step, what: "gradient norm", value: norm as f32 });
                 }
             }
+            objective.after_backward()?;
             optimizer.step(&vars, &grads, lr)?;
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
