@@ -12,6 +12,7 @@ pub mod poisoning;
 pub mod watermark;
 pub mod architectural;
 mod adversarial_hardening;
+mod blind_loss;
 pub mod distillation;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, triggered_victims, BackdoorMetrics};
@@ -19,6 +20,7 @@ pub use metrics::{defence_effectiveness_rate, defence_table};
 pub use poison::{poison, PoisonConfig, TargetMode};
 pub use trigger::{BlendPattern, PatchFill, Placement, Trigger};
 pub use adversarial_hardening::AdversarialHardening;
+pub use blind_loss::{BlindLoss, LossBalance};
 pub use frequency_trigger::FrequencyTrigger;
 pub use warp_trigger::WarpTrigger;
 pub use neuba::{neuba_triggers, neuba_vectors, NeubaConfig, NeubaResult, NeubaRow};

@@ -1,13 +1,16 @@
-//! Poison-only attacks as one runner: poison a training set (BadNets patch, Blended noise,
+//! Poisoning attacks as one runner: poison a training set (BadNets patch, Blended noise,
 //! SIG's sinusoid, FTrojan's frequency trigger; clean-label, all-to-one or all-to-all, fixed or
-//! random placement), train a victim and the same-seed clean reference, and report CA / ASR / RA.
+//! random placement) or compromise the training loss (WaNet's noise mode, Blind backdoors),
+//! train a victim and the same-seed clean reference, and report CA / ASR / RA.
 //!
 //! Gu et al. 2017 (BadNets), Chen et al. 2017 (Blended), Turner et al. 2019 (clean-label),
-//! Barni et al. 2019 (SIG), Wang et al. 2022 (FTrojan); defaults follow BackdoorBench.
+//! Barni et al. 2019 (SIG), Wang et al. 2022 (FTrojan), Nguyen & Tran 2021 (WaNet),
+//! Bagdasaryan & Shmatikov 2021 (Blind); defaults follow BackdoorBench.
 
 use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
 use super::adversarial_hardening::AdversarialHardening;
+use super::blind_loss::BlindLoss;
 use super::frequency_trigger::FrequencyTrigger;
 use super::trigger::{Placement, Trigger};
 use crate::data::Dataset;
@@ -56,6 +59,10 @@ pub struct PoisoningAttackConfig {
     /// PGD away from its true class on a surrogate (the clean reference model), then stamped.
     /// `None` poisons the images as they are.
     pub hardening: Option<AdversarialHardening>,
+    /// Blind backdoors' compromised loss: every training batch also gets a copy stamped with
+    /// the trigger and relabelled to the target, its loss balanced against the normal one.
+    /// The attacker poisons no sample (set `poison.rate` to 0). `None` trains normally.
+    pub blind: Option<BlindLoss>,
 }
 
 /// The victim the attacks of this crate train by default: a small dataset-distillation ConvNet
@@ -88,6 +95,7 @@ impl Default for PoisoningAttackConfig {
             device: Device::Cpu,
             noise_mode: None,
             hardening: None,
+            blind: None,
         }
     }
 }
@@ -190,6 +198,19 @@ impl PoisoningAttackConfig {
         Self { name: "BppAttack".into(), poison: PoisonConfig { trigger: Trigger::bpp(), ..PoisonConfig::badnets(3, 0.10, 0) }, ..Self::default() }
     }
 
+    /// Blind backdoors (Bagdasaryan & Shmatikov 2021): no sample poisoned; the training loss
+    /// adds, in every batch, the loss of the batch stamped with the authors' pattern
+    /// ([`Trigger::blind_pattern`], for 32x32 images) and relabelled to class 0
+    /// (BackdoorBench's all-to-one target), balanced by MGDA ([`BlindLoss::default`]).
+    pub fn blind() -> Self {
+        Self {
+            name: "Blind".into(),
+            poison: PoisonConfig { trigger: Trigger::blind_pattern(), ..PoisonConfig::badnets(3, 0.0, 0) },
+            blind: Some(BlindLoss::default()),
+            ..Self::default()
+        }
+    }
+
     /// The same attack under another row label.
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.into();
@@ -210,6 +231,12 @@ impl PoisoningAttackConfig {
             h.validate()?;
             if !self.poison.clean_label {
                 return Err(Error::invalid("hardening", "label-consistent hardening is for clean-label poisons; set poison.clean_label, or hardening to None"));
+            }
+        }
+        if let Some(b) = &self.blind {
+            b.validate()?;
+            if self.noise_mode.is_some() || self.hardening.is_some() {
+                return Err(Error::invalid("blind loss", "it trains with its own loss; set noise_mode and hardening to None"));
             }
         }
         if let Some(ratio) = self.noise_mode {
@@ -260,6 +287,10 @@ fn train_victim_with(train_set: &Dataset, cfg: &PoisoningAttackConfig, device: &
     let poisoned = poisoned_set(train_set, cfg, surrogate)?;
     let mut net = Network::new(&cfg.spec(train_set)?, cfg.model_seed, device)?;
     match (cfg.noise_mode, &cfg.poison.trigger) {
+        _ if cfg.blind.is_some() => {
+            let blind = cfg.blind.as_ref().expect("checked");
+            blind.train_victim(&mut net, &poisoned, None, &cfg.train, &cfg.poison.trigger, cfg.poison.target)?;
+        }
         (Some(cross_ratio), Trigger::Warp(warp)) => {
             let mut objective = NoiseMode {
                 warp: warp.clone(),

@@ -19,6 +19,9 @@ pub enum PatchFill {
     Checkerboard,
     /// Explicit CHW pixels of the patch (channels must match the image or be 1).
     Image { channels: usize, pixels: Vec<f32> },
+    /// A row-major size x size stencil, the same on every channel: `Some(v)` sets the pixel,
+    /// `None` leaves the image's own (Blind backdoors' 5x3 pattern in a 5x5 patch).
+    Stencil(Vec<Option<f32>>),
 }
 
 /// Where a patch goes.
@@ -115,6 +118,23 @@ impl Trigger {
         Trigger::ColorDepth { levels: 8, dither: true }
     }
 
+    /// Blind backdoors' pattern (Bagdasaryan & Shmatikov 2021, the authors' `PatternSynthesizer`):
+    /// a 5x3 pattern of white and black pixels, the rest of its 5x5 patch transparent, with its
+    /// top-left at row 3, column 23 (the top right of a 32x32 image; other sizes need
+    /// [`Trigger::at`]).
+    pub fn blind_pattern() -> Self {
+        let (w, b, o) = (Some(1.0), Some(0.0), None);
+        #[rustfmt::skip]
+        let cells = vec![
+            w, b, w, o, o,
+            o, w, o, o, o,
+            o, o, b, o, o,
+            o, w, o, o, o,
+            w, b, w, o, o,
+        ];
+        Trigger::Patch { size: 5, fill: PatchFill::Stencil(cells), placement: Placement::At(3, 23) }
+    }
+
     /// The same trigger at another placement (patches only).
     pub fn at(self, placement: Placement) -> Self {
         match self {
@@ -143,6 +163,11 @@ impl Trigger {
                             "trigger placement",
                             format!("a {size}x{size} patch at ({r}, {col}) extends past the {h}x{w} image"),
                         ));
+                    }
+                }
+                if let PatchFill::Stencil(cells) = fill {
+                    if cells.len() != size * size {
+                        return Err(Error::invalid("trigger", format!("stencil has {} cells, {} expected for {size}x{size}", cells.len(), size * size)));
                     }
                 }
                 if let PatchFill::Image { channels, pixels } = fill {
@@ -226,6 +251,10 @@ impl Trigger {
                                         let pc = if *channels == 1 { 0 } else { ch };
                                         pixels[(pc * s + i) * s + j]
                                     }
+                                    PatchFill::Stencil(cells) => match cells[i * s + j] {
+                                        Some(v) => v,
+                                        None => continue,
+                                    },
                                 };
                                 image[(ch * h + r0 + i) * w + c0 + j] = v;
                             }

@@ -11,11 +11,11 @@
 //! at a time (a lock file beside its log), so the grid's tasks can run as separate jobs on a
 //! cluster ([`crate::benchmark::grid`]).
 
-use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, BackdoorMetrics, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
+use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, BackdoorMetrics, BlindLoss, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
-use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, NcUnlearningConfig};
+use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, ft_sam, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, FtSamConfig, NcUnlearningConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::FileLock;
 use crate::hub::{load_dataset, DatasetRequest, Hub};
@@ -41,13 +41,15 @@ pub struct BenchAttack {
     /// Label-consistent hardening of the (clean-label) poisons, on a surrogate: the grid's
     /// clean model of the same seed (trained once, shared with the `clean` attack's task).
     pub hardening: Option<AdversarialHardening>,
+    /// Blind backdoors' compromised training loss (no sample poisoned).
+    pub blind: Option<BlindLoss>,
 }
 
 impl BenchAttack {
     /// BackdoorBench's BadNets: a 3x3 white patch in the bottom-right corner, 10 % of the
     /// training set relabelled to class 0.
     pub fn badnets() -> Self {
-        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None }
+        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None, blind: None }
     }
 
     /// BackdoorBench's Blended: a full-image pattern blended at alpha 0.2, 10 %, target 0.
@@ -55,31 +57,31 @@ impl BenchAttack {
     /// (Chen et al.'s other pattern), which ships with no image licence.
     pub fn blended() -> Self {
         let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
-        Self { name: "blended".into(), poison, hardening: None }
+        Self { name: "blended".into(), poison, hardening: None, blind: None }
     }
 
     /// SIG (Barni et al. 2019) as BackdoorBench runs it: the sinusoid (delta 40/255, f = 6) on
     /// 10 % of the training set, clean-label (every target-class image of CIFAR-10), target 0.
     pub fn sig() -> Self {
-        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None }
+        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None, blind: None }
     }
 
     /// FTrojan (Wang et al. 2022) with BackdoorBench's `ftrojann` defaults: the frequency
     /// trigger in the chrominance channels, 10 % dirty-label to class 0.
     pub fn ftrojan() -> Self {
-        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None }
+        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None, blind: None }
     }
 
     /// WaNet (Nguyen & Tran 2021) in its poison-only form ([`PoisoningAttackConfig::wanet`]):
     /// the k = 4, s = 0.5 warp on 10 % of the training set, dirty-label to class 0.
     pub fn wanet() -> Self {
-        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None }
+        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None, blind: None }
     }
 
     /// BppAttack (Wang et al. 2022) in its poison-only form ([`PoisoningAttackConfig::bpp`]):
     /// 3-bit dithered colour depth on 10 %, dirty-label to class 0.
     pub fn bpp() -> Self {
-        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None }
+        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None, blind: None }
     }
 
     /// Label-consistent (Turner et al. 2019) as BackdoorBench runs it: 10 % of the training set
@@ -89,17 +91,25 @@ impl BenchAttack {
     /// Deviation: BackdoorBench's surrogate is an adversarially trained ResNet-18.
     pub fn lc() -> Self {
         let cfg = PoisoningAttackConfig::label_consistent();
-        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening }
+        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening, blind: None }
+    }
+
+    /// Blind backdoors (Bagdasaryan & Shmatikov 2021) as BackdoorBench runs them: no sample
+    /// poisoned, the training loss compromised ([`PoisoningAttackConfig::blind`]: the authors'
+    /// 5x3 pattern at row 3, column 23, target 0, MGDA from epoch 3 on).
+    pub fn blind() -> Self {
+        let cfg = PoisoningAttackConfig::blind();
+        Self { name: "blind".into(), poison: cfg.poison, hardening: None, blind: cfg.blind }
     }
 
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
-        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None }
+        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None, blind: None }
     }
 
     /// Every attack's name, as [`Self::by_name`] takes it.
-    pub const NAMES: [&'static str; 8] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "lc", "clean"];
+    pub const NAMES: [&'static str; 9] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "lc", "blind", "clean"];
 
     /// The attack called `name` (see [`Self::NAMES`]) with BackdoorBench's settings.
     ///
@@ -117,13 +127,22 @@ impl BenchAttack {
             "wanet" => Self::wanet(),
             "bpp" => Self::bpp(),
             "lc" => Self::lc(),
+            "blind" => Self::blind(),
             "clean" => Self::clean(),
             other => return Err(Error::invalid("attack", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
         })
     }
 
     fn is_clean(&self) -> bool {
-        self.poison.rate == 0.0
+        self.poison.rate == 0.0 && self.blind.is_none()
+    }
+
+    /// Whether `defence` has a cell against this attack. None against the clean model; none
+    /// of the defences that work on the poisoned training set (ABL, Spectral Signatures,
+    /// Activation Clustering) against Blind, whose training set holds no poison: its backdoor
+    /// is in the training code, which those defences assume is the defender's own.
+    fn faces(&self, defence: &BenchDefence) -> bool {
+        !self.is_clean() && !(self.blind.is_some() && defence.retrains())
     }
 }
 
@@ -143,6 +162,8 @@ pub enum BenchDefence {
     Clp(ClpConfig),
     /// Feature Shift Tuning (Min et al. 2023) on the defender's clean data.
     Fst(FstConfig),
+    /// FT-SAM (Zhu et al. 2023): fine-tuning with adaptive sharpness-aware minimisation.
+    FtSam(FtSamConfig),
     /// STRIP (Gao et al. 2019) as an input filter: the model's CA/ASR/RA behind it.
     Strip(StripConfig),
     /// Spectral Signatures (Tran et al. 2018) as a removal defence: the flagged samples
@@ -154,7 +175,7 @@ pub enum BenchDefence {
 
 impl BenchDefence {
     /// Every defence's name, in the benchmark's order.
-    pub const NAMES: [&'static str; 9] = ["ft", "fp", "nc", "clp", "fst", "strip", "abl", "spectral", "ac"];
+    pub const NAMES: [&'static str; 10] = ["ft", "fp", "nc", "clp", "fst", "ft-sam", "strip", "abl", "spectral", "ac"];
 
     /// The defence called `name` (see [`Self::NAMES`]) with the benchmark's settings: its
     /// paper's defaults, CIFAR-10's crop and flip where it trains, and ABL's phases shortened
@@ -163,7 +184,7 @@ impl BenchDefence {
     /// ```
     /// use transferlab::benchmark::BenchDefence;
     /// assert_eq!(BenchDefence::by_name("spectral").unwrap().name(), "spectral");
-    /// assert!(BenchDefence::by_name("nad").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, strip, abl, spectral, ac"));
+    /// assert!(BenchDefence::by_name("nad").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, ft-sam, strip, abl, spectral, ac"));
     /// ```
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
@@ -181,6 +202,9 @@ impl BenchDefence {
             }),
             "clp" => BenchDefence::Clp(ClpConfig::default()),
             "fst" => BenchDefence::Fst(FstConfig { augment: Augment::cifar(), ..FstConfig::default() }),
+            // 20 epochs of 256 on the defender's 2500 images: 200 SAM steps, the step count of
+            // the benchmark's FT (10 epochs of 128) at twice its compute; the authors run 100.
+            "ft-sam" => BenchDefence::FtSam(FtSamConfig { epochs: 20, augment: Augment::cifar(), ..FtSamConfig::default() }),
             "strip" => BenchDefence::Strip(StripConfig::default()),
             "spectral" => BenchDefence::SpectralSignatures(SpectralSignaturesConfig::default()),
             "ac" => BenchDefence::ActivationClustering(ActivationClusteringConfig::default()),
@@ -197,6 +221,7 @@ impl BenchDefence {
             BenchDefence::Abl(_) => "abl",
             BenchDefence::Clp(_) => "clp",
             BenchDefence::Fst(_) => "fst",
+            BenchDefence::FtSam(_) => "ft-sam",
             BenchDefence::Strip(_) => "strip",
             BenchDefence::SpectralSignatures(_) => "spectral",
             BenchDefence::ActivationClustering(_) => "ac",
@@ -223,6 +248,7 @@ impl BenchDefence {
             BenchDefence::Abl(c) => format!("{:?}", AblConfig { progress: ProgressMode::Hidden, device: Device::Cpu, ..c.clone() }),
             BenchDefence::Clp(c) => format!("{c:?}"),
             BenchDefence::Fst(c) => format!("{:?}", FstConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::FtSam(c) => format!("{:?}", FtSamConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Strip(c) => format!("{:?}", StripConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::SpectralSignatures(c) => format!("{c:?}"),
             BenchDefence::ActivationClustering(c) => format!("{c:?}"),
@@ -401,7 +427,7 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}|defender={}|seed={}",
+            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
             crate::train::NUMERICS_VERSION,
             self.dataset,
@@ -413,6 +439,7 @@ impl BackdoorBenchConfig {
             attack.poison,
             // Only hardened attacks add to the text, so other models keep their file names.
             attack.hardening.as_ref().map_or(String::new(), |h| format!("|hardening={h:?}")),
+            attack.blind.as_ref().map_or(String::new(), |b| format!("|blind={b:?}")),
             self.defender_fraction,
             self.seed()
         )
@@ -432,10 +459,8 @@ impl BackdoorBenchConfig {
         let mut out = Vec::new();
         for (a, attack) in self.attacks.iter().enumerate() {
             out.push((a, "none".to_string(), String::new()));
-            if !attack.is_clean() {
-                for d in &self.defences {
-                    out.push((a, d.name().to_string(), d.settings()));
-                }
+            for d in self.defences.iter().filter(|d| attack.faces(d)) {
+                out.push((a, d.name().to_string(), d.settings()));
             }
         }
         out
@@ -591,7 +616,7 @@ fn run_attack(
     let sweep = cfg.task_sweep(attack);
     let in_pass = |d: &BenchDefence| retraining_pass.is_none_or(|r| d.retrains() == r);
     let first_pass = retraining_pass != Some(true);
-    let mut defences: Vec<&BenchDefence> = if attack.is_clean() { Vec::new() } else { cfg.defences.iter().filter(|d| in_pass(d)).collect() };
+    let mut defences: Vec<&BenchDefence> = cfg.defences.iter().filter(|d| attack.faces(d) && in_pass(d)).collect();
     defences.sort_by_key(|d| d.retrains());
     let mut keys: Vec<SweepConfig> = defences.iter().map(|d| cfg.cell_key(attack, d.name(), &d.settings())).collect();
     if first_pass {
@@ -807,7 +832,10 @@ fn train_or_load(cfg: &BackdoorBenchConfig, attack: &BenchAttack, poisoned: &Dat
     let mut net = Network::new(&spec, cfg.seed(), &cfg.device)?;
     let checkpoint = cfg.model_path(attack, "ckpt");
     let tc = TrainConfig { checkpoint: Some(checkpoint.clone()), seed: cfg.seed(), progress: cfg.progress, ..cfg.train.clone() };
-    let history = train(&mut net, poisoned, Some(test), &tc)?;
+    let history = match &attack.blind {
+        Some(blind) => blind.train_victim(&mut net, poisoned, Some(test), &tc, &attack.poison.trigger, attack.poison.target)?,
+        None => train(&mut net, poisoned, Some(test), &tc)?,
+    };
     net.save(&weights)?;
     crate::report::save_table(&history.to_dataframe()?, cfg.model_path(attack, "history.csv"))?;
     // The weights file now stands for the finished run; the checkpoint is no longer needed.
@@ -846,6 +874,7 @@ fn apply_defence(
         }
         BenchDefence::Clp(c) => (clp::run(net, probe, c)?.after, None),
         BenchDefence::Fst(c) => (feature_shift_tuning::run(net, defender, probe, &FstConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
+        BenchDefence::FtSam(c) => (ft_sam::run(net, defender, probe, &FtSamConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Strip(c) => {
             let r = strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?;
             detector(r.behind_filter, &r.detection)

@@ -124,3 +124,40 @@ fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
     assert!(moved > 0.0 && moved <= 8.5 / 255.0 + 1e-6, "largest change {moved}");
     std::fs::remove_dir_all(&out_dir).ok();
 }
+
+/// Blind in the grid: its model is trained with the compromised loss on the unpoisoned set
+/// (backdoored all the same), and the defences that work on the poisoned training set have no
+/// cell against it (its training set holds no poison).
+#[test]
+fn blind_cells_train_with_the_compromised_loss_and_skip_data_defences() {
+    if std::env::var("TLAB_CIFAR_HUB").is_err() {
+        eprintln!("skipped: CIFAR-10 is not served (run through tests/with_cifar_hub.sh, as `just test` does)");
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("transferlab_grid_blind_{}", std::process::id()));
+    std::fs::remove_dir_all(&out_dir).ok();
+    let mut cfg = BackdoorBenchConfig {
+        train_per_class: Some(20),
+        test_per_class: Some(10),
+        model: "resnet8".into(),
+        attacks: vec![BenchAttack::by_name("blind").unwrap(), BenchAttack::clean()],
+        defences: vec![BenchDefence::by_name("ft-sam").unwrap(), BenchDefence::by_name("spectral").unwrap()],
+        out_dir: out_dir.clone(),
+        progress: ProgressMode::Hidden,
+        ..BackdoorBenchConfig::default()
+    }
+    .with_epochs(6);
+    cfg.train.batch_size = 32;
+    if let BenchDefence::FtSam(c) = &mut cfg.defences[0] {
+        c.epochs = 1;
+    }
+    let r = backdoorbench::run(&cfg).unwrap();
+    let cells: Vec<(&str, &str)> = r.cells.iter().map(|c| (c.attack.as_str(), c.defence.as_str())).collect();
+    assert_eq!(cells, [("blind", "none"), ("blind", "ft-sam"), ("clean", "none")]);
+    assert!(r.cells.iter().all(|c| c.status == CellStatus::Done), "{:?}", r.cells);
+    let asr = |a: &str| r.cells.iter().find(|c| c.attack == a && c.defence == "none").unwrap().metrics.unwrap().attack_success_rate;
+    println!("blind ASR {} vs clean {}", asr("blind"), asr("clean"));
+    assert!(asr("blind") > asr("clean") + 0.3, "{:?}", r.cells);
+    assert_eq!(cfg.attack_cell(&cfg.attacks[0]).unwrap().poisoned.poisoned_flags().iter().filter(|&&f| f).count(), 0);
+    std::fs::remove_dir_all(&out_dir).ok();
+}

@@ -143,10 +143,10 @@ enum Command {
         train_per_class: Option<usize>,
         #[arg(long)]
         test_per_class: Option<usize>,
-        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, lc, clean).
+        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, lc, blind, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
-        /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also strip, spectral, ac).
+        /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also ft-sam, strip, spectral, ac).
         #[arg(long, default_value = "ft,fp,nc,clp,fst,abl")]
         defences: String,
         /// One grid per seed (comma-separated).
