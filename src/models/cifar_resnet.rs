@@ -83,13 +83,22 @@ impl CifarResNetBody {
     }
 }
 
+impl CifarResNetBody {
+    fn run(&self, x: &Tensor, train: bool, keep: bool) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let h = conv_bn(&self.conv1, &self.bn1, x, train, true, None)?;
+        let n = self.blocks.len() / 3;
+        let (h, stages) = super::run_stages(&self.blocks, h, &[n, 2 * n, 3 * n], keep, |b, h| b.forward_t(h, train))?;
+        Ok((global_avg_pool(&h)?, stages))
+    }
+}
+
 impl Body for CifarResNetBody {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = conv_bn(&self.conv1, &self.bn1, x, train, true, None)?;
-        for b in &self.blocks {
-            h = b.forward_t(&h, train)?;
-        }
-        global_avg_pool(&h)
+        Ok(self.run(x, train, false)?.0)
+    }
+
+    fn features_and_stages(&self, x: &Tensor, train: bool) -> candle_core::Result<Option<(Tensor, Vec<Tensor>)>> {
+        self.run(x, train, true).map(Some)
     }
 
     fn feature_dim(&self) -> usize {

@@ -42,19 +42,30 @@ impl ConvNetBody {
     }
 }
 
-impl Body for ConvNetBody {
-    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = x.clone();
-        for (conv, norm) in &self.blocks {
-            h = conv.forward(&h)?;
-            h = match norm {
+impl ConvNetBody {
+    /// Every block is a stage.
+    fn run(&self, x: &Tensor, train: bool, keep: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let ends: Vec<usize> = (1..=self.blocks.len()).collect();
+        let (h, stages) = super::run_stages(&self.blocks, x.clone(), &ends, keep, |(conv, norm), h| {
+            let h = conv.forward(h)?;
+            let h = match norm {
                 NormLayer::Instance(n) => n.forward(&h)?,
                 NormLayer::Batch(n) => n.forward_t(&h, train)?,
                 NormLayer::None => h,
             };
-            h = avg_pool2d(&relu(&h)?, 2)?;
-        }
-        h.flatten_from(1)
+            avg_pool2d(&relu(&h)?, 2)
+        })?;
+        Ok((h.flatten_from(1)?, stages))
+    }
+}
+
+impl Body for ConvNetBody {
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.run(x, train, false)?.0)
+    }
+
+    fn features_and_stages(&self, x: &Tensor, train: bool) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        self.run(x, train, true).map(Some)
     }
 
     fn feature_dim(&self) -> usize {

@@ -50,6 +50,31 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     fn logit_offset(&self, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+    /// The features and the output of every stage (the feature maps after each group of
+    /// blocks, N x C x H x W, in order), for methods that look inside the network (attention
+    /// distillation); `None` for an architecture without stages to show.
+    fn features_and_stages(&self, _x: &Tensor, _train: bool) -> candle_core::Result<Option<(Tensor, Vec<Tensor>)>> {
+        Ok(None)
+    }
+}
+
+/// Run `blocks` on `h`, keeping the output of every `per_stage`-th block when `keep` (the
+/// stage outputs of a ResNet whose stages have `per_stage` blocks each).
+pub(crate) fn run_stages<B>(
+    blocks: &[B],
+    mut h: Tensor,
+    stage_ends: &[usize],
+    keep: bool,
+    forward: impl Fn(&B, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    let mut stages = Vec::new();
+    for (i, b) in blocks.iter().enumerate() {
+        h = forward(b, &h)?;
+        if keep && stage_ends.contains(&(i + 1)) {
+            stages.push(h.clone());
+        }
+    }
+    Ok((h, stages))
 }
 
 /// Build the body of `spec`'s architecture from `vb` (parameter names relative to its root).

@@ -127,8 +127,12 @@ impl Network {
     /// running averages, except in a frozen body, which always runs in eval mode so that
     /// fixed-feature fine-tuning leaves the features exactly as they were.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let f = self.features(x, train)?;
-        let logits = self.head.forward(&f)?;
+        self.logits_of(x, &self.features(x, train)?)
+    }
+
+    /// The head on the features `f` of `x`, plus the architecture's own path from `x`.
+    fn logits_of(&self, x: &Tensor, f: &Tensor) -> Result<Tensor> {
+        let logits = self.head.forward(f)?;
         Ok(match self.body.logit_offset(x)? {
             Some(offset) => (logits + offset)?,
             None => logits,
@@ -141,6 +145,30 @@ impl Network {
         check_input(self.spec.input, x)?;
         let body_train = train && !self.body_frozen;
         Ok(self.body.features(&normalize(x, self.input_norm.as_ref())?, body_train)?)
+    }
+
+    /// Logits and the output of every stage of the body (the feature maps after each group of
+    /// blocks, N x C x H x W): what attention distillation compares. ResNets, PreAct-ResNet-18
+    /// and the ConvNet have stages; other architectures are refused.
+    ///
+    /// ```
+    /// use transferlab::models::{ModelSpec, Network};
+    /// let net = Network::new(&ModelSpec::named("resnet20", (3, 32, 32), 10).unwrap(), 0, &candle_core::Device::Cpu).unwrap();
+    /// let x = candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, net.device()).unwrap();
+    /// let (logits, stages) = net.forward_with_stages(&x, false).unwrap();
+    /// assert_eq!(logits.dims(), &[2, 10]);
+    /// assert_eq!(stages.iter().map(|s| s.dims()[1]).collect::<Vec<_>>(), [16, 32, 64]);
+    /// ```
+    pub fn forward_with_stages(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        check_input(self.spec.input, x)?;
+        let body_train = train && !self.body_frozen;
+        let Some((f, stages)) = self.body.features_and_stages(&normalize(x, self.input_norm.as_ref())?, body_train)? else {
+            return Err(Error::invalid(
+                "model",
+                format!("{:?} does not expose its stages; this method needs a ResNet, PreAct-ResNet-18 or ConvNet", self.spec.arch),
+            ));
+        };
+        Ok((self.logits_of(x, &f)?, stages))
     }
 
     /// Apply only the head to features.

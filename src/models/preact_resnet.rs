@@ -74,13 +74,21 @@ impl PreActResNet18Body {
     }
 }
 
+impl PreActResNet18Body {
+    fn run(&self, x: &Tensor, train: bool, keep: bool) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let h = self.conv1.forward(x)?;
+        let (h, stages) = super::run_stages(&self.blocks, h, &[2, 4, 6, 8], keep, |b, h| b.forward_t(h, train))?;
+        Ok((global_avg_pool(&h)?, stages))
+    }
+}
+
 impl Body for PreActResNet18Body {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.conv1.forward(x)?;
-        for b in &self.blocks {
-            h = b.forward_t(&h, train)?;
-        }
-        global_avg_pool(&h)
+        Ok(self.run(x, train, false)?.0)
+    }
+
+    fn features_and_stages(&self, x: &Tensor, train: bool) -> candle_core::Result<Option<(Tensor, Vec<Tensor>)>> {
+        self.run(x, train, true).map(Some)
     }
 
     fn feature_dim(&self) -> usize {

@@ -94,6 +94,8 @@ pub struct ResNetBody {
     conv1: Conv2d,
     bn1: BatchNorm,
     blocks: Vec<Block>,
+    /// The number of blocks up to the end of each stage.
+    stage_ends: Vec<usize>,
     out_dim: usize,
 }
 
@@ -114,20 +116,32 @@ impl ResNetBody {
         Ok(Self {
             conv1: Conv2d::new(in_channels, 64, 7, 2, 3, false, vb.pp("conv1"))?,
             bn1: BatchNorm::new(64, vb.pp("bn1"))?,
+            stage_ends: blocks_per_stage.iter().scan(0, |end, n| {
+                *end += n;
+                Some(*end)
+            }).collect(),
             blocks,
             out_dim: in_planes,
         })
     }
 }
 
+impl ResNetBody {
+    fn run(&self, x: &Tensor, train: bool, keep: bool) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
+        let h = max_pool2d_padded(&h, 3, 2, 1)?;
+        let (h, stages) = super::run_stages(&self.blocks, h, &self.stage_ends, keep, |b, h| b.forward_t(h, train))?;
+        Ok((global_avg_pool(&h)?, stages))
+    }
+}
+
 impl Body for ResNetBody {
     fn features(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
-        let mut h = max_pool2d_padded(&h, 3, 2, 1)?;
-        for b in &self.blocks {
-            h = b.forward_t(&h, train)?;
-        }
-        global_avg_pool(&h)
+        Ok(self.run(x, train, false)?.0)
+    }
+
+    fn features_and_stages(&self, x: &Tensor, train: bool) -> candle_core::Result<Option<(Tensor, Vec<Tensor>)>> {
+        self.run(x, train, true).map(Some)
     }
 
     fn feature_dim(&self) -> usize {
