@@ -15,7 +15,7 @@ use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, B
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
-use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, ft_sam, nad, nc_unlearning, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, FtSamConfig, NadConfig, NcUnlearningConfig};
+use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, ft_sam, nad, nc_unlearning, rnp, AblConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, FtSamConfig, NadConfig, NcUnlearningConfig, RnpConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::FileLock;
 use crate::hub::{load_dataset, DatasetRequest, Hub};
@@ -166,6 +166,8 @@ pub enum BenchDefence {
     FtSam(FtSamConfig),
     /// Neural Attention Distillation (Li et al. 2021) from a fine-tuned teacher.
     Nad(NadConfig),
+    /// Reconstructive Neuron Pruning (Li et al. 2023): unlearn, recover masks, prune.
+    Rnp(RnpConfig),
     /// STRIP (Gao et al. 2019) as an input filter: the model's CA/ASR/RA behind it.
     Strip(StripConfig),
     /// Spectral Signatures (Tran et al. 2018) as a removal defence: the flagged samples
@@ -177,7 +179,7 @@ pub enum BenchDefence {
 
 impl BenchDefence {
     /// Every defence's name, in the benchmark's order.
-    pub const NAMES: [&'static str; 11] = ["ft", "fp", "nc", "clp", "fst", "ft-sam", "nad", "strip", "abl", "spectral", "ac"];
+    pub const NAMES: [&'static str; 12] = ["ft", "fp", "nc", "clp", "fst", "ft-sam", "nad", "rnp", "strip", "abl", "spectral", "ac"];
 
     /// The defence called `name` (see [`Self::NAMES`]) with the benchmark's settings: its
     /// paper's defaults, CIFAR-10's crop and flip where it trains, and ABL's phases shortened
@@ -186,7 +188,7 @@ impl BenchDefence {
     /// ```
     /// use transferlab::benchmark::BenchDefence;
     /// assert_eq!(BenchDefence::by_name("spectral").unwrap().name(), "spectral");
-    /// assert!(BenchDefence::by_name("anp").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, ft-sam, nad, strip, abl, spectral, ac"));
+    /// assert!(BenchDefence::by_name("anp").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, ft-sam, nad, rnp, strip, abl, spectral, ac"));
     /// ```
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
@@ -209,6 +211,7 @@ impl BenchDefence {
             "ft-sam" => BenchDefence::FtSam(FtSamConfig { epochs: 20, augment: Augment::cifar(), ..FtSamConfig::default() }),
             // Batch 128 (BackdoorBench: 256; the paper: 64): 200 teacher and 400 student steps.
             "nad" => BenchDefence::Nad(NadConfig { batch_size: 128, augment: Augment::cifar(), ..NadConfig::default() }),
+            "rnp" => BenchDefence::Rnp(RnpConfig { augment: Augment::cifar(), ..RnpConfig::default() }),
             "strip" => BenchDefence::Strip(StripConfig::default()),
             "spectral" => BenchDefence::SpectralSignatures(SpectralSignaturesConfig::default()),
             "ac" => BenchDefence::ActivationClustering(ActivationClusteringConfig::default()),
@@ -227,6 +230,7 @@ impl BenchDefence {
             BenchDefence::Fst(_) => "fst",
             BenchDefence::FtSam(_) => "ft-sam",
             BenchDefence::Nad(_) => "nad",
+            BenchDefence::Rnp(_) => "rnp",
             BenchDefence::Strip(_) => "strip",
             BenchDefence::SpectralSignatures(_) => "spectral",
             BenchDefence::ActivationClustering(_) => "ac",
@@ -255,6 +259,7 @@ impl BenchDefence {
             BenchDefence::Fst(c) => format!("{:?}", FstConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::FtSam(c) => format!("{:?}", FtSamConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Nad(c) => format!("{:?}", NadConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::Rnp(c) => format!("{:?}", RnpConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Strip(c) => format!("{:?}", StripConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::SpectralSignatures(c) => format!("{c:?}"),
             BenchDefence::ActivationClustering(c) => format!("{c:?}"),
@@ -882,6 +887,7 @@ fn apply_defence(
         BenchDefence::Fst(c) => (feature_shift_tuning::run(net, defender, probe, &FstConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::FtSam(c) => (ft_sam::run(net, defender, probe, &FtSamConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Nad(c) => (nad::run(net, defender, probe, &NadConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
+        BenchDefence::Rnp(c) => (rnp::run(net, defender, probe, &RnpConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Strip(c) => {
             let r = strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?;
             detector(r.behind_filter, &r.detection)

@@ -14,6 +14,7 @@ pub mod fine_tuning;
 pub mod ft_sam;
 pub mod nad;
 pub mod nc_unlearning;
+pub mod rnp;
 pub mod survival;
 pub mod trigger_inversion;
 
@@ -26,5 +27,6 @@ pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
 pub use ft_sam::{FtSamConfig, FtSamResult};
 pub use nad::{NadConfig, NadResult};
 pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
+pub use rnp::{NeuronMasks, RnpConfig, RnpResult};
 pub use survival::{SurvivalConfig, SurvivalResult};
 pub use trigger_inversion::{InversionConfig, LabelPairScanResult, NeuralCleanseResult};

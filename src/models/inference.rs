@@ -39,8 +39,41 @@ pub struct Inference {
 
 impl Inference {
     pub(super) fn of(net: &Network) -> Result<Self> {
+        Self::with_tensors(net, net.detached_variables())
+    }
+
+    /// `net`'s forward pass with some of its tensors replaced by `overrides` (same names and
+    /// shapes): where an override is computed from variables (a mask times a weight), gradients
+    /// flow to them, which is how neuron masks are learnt on a fixed network.
+    ///
+    /// ```
+    /// use transferlab::models::{Inference, ModelSpec, Network};
+    /// use candle_core::{Device, Tensor, Var, DType};
+    /// let net = Network::new(&ModelSpec::named("resnet8", (3, 32, 32), 10).unwrap(), 0, &Device::Cpu).unwrap();
+    /// let mask = Var::ones(16, DType::F32, &Device::Cpu).unwrap();
+    /// let gamma = net.named_tensors().unwrap()["bn1.weight"].clone();
+    /// let masked = Inference::with_overrides(&net, [("bn1.weight".to_string(), (mask.as_tensor() * gamma).unwrap())].into()).unwrap();
+    /// let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    /// let grads = masked.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    /// assert!(grads.get(mask.as_tensor()).is_some());
+    /// assert!(Inference::with_overrides(&net, [("bn9.weight".to_string(), mask.as_tensor().clone())].into()).is_err());
+    /// ```
+    pub fn with_overrides(net: &Network, overrides: HashMap<String, Tensor>) -> Result<Self> {
+        let mut tensors = net.detached_variables();
+        for (name, t) in overrides {
+            let Some(own) = tensors.get(&name) else {
+                return Err(Error::invalid("tensor override", format!("the model has no tensor {name}; see Network::parameter_names")));
+            };
+            if own.dims() != t.dims() {
+                return Err(Error::shape("tensor override", format!("{name} is {:?}, the override {:?}", own.dims(), t.dims())));
+            }
+            tensors.insert(name, t);
+        }
+        Self::with_tensors(net, tensors)
+    }
+
+    fn with_tensors(net: &Network, tensors: HashMap<String, Tensor>) -> Result<Self> {
         let spec = net.spec();
-        let tensors: HashMap<String, Tensor> = net.detached_variables();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, net.device());
         let body = build_body(spec, vb.clone())?;
         let head = Linear::new(body.feature_dim(), spec.num_classes, vb.pp(spec.head_name()))?;
@@ -49,7 +82,20 @@ impl Inference {
 
     /// Eval-mode logits (N, classes) of [0, 1] images (N, C, H, W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let logits = self.head.forward(&self.features(x)?)?;
+        self.logits(x, false)
+    }
+
+    /// Logits with batch norm on the batch's own statistics, the running ones updated, as a
+    /// network in training mode computes them (learning masks on a fixed network in training
+    /// mode, as RNP does); the weights still receive no gradient.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        self.logits(x, true)
+    }
+
+    fn logits(&self, x: &Tensor, batch_statistics: bool) -> Result<Tensor> {
+        check_input(self.input, x)?;
+        let f = self.body.features(&normalize(x, self.norm.as_ref())?, batch_statistics)?;
+        let logits = self.head.forward(&f)?;
         Ok(match self.body.logit_offset(x)? {
             Some(offset) => (logits + offset)?,
             None => logits,

@@ -128,6 +128,13 @@ pub trait Objective {
     fn after_backward(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Whether training ends after an epoch with this record (early stopping: RNP's unlearning
+    /// stops once the clean accuracy has fallen far enough). A decision of the record alone, so
+    /// that a run resumed from that epoch's checkpoint stops too.
+    fn stop_after(&mut self, _epoch: &EpochRecord) -> bool {
+        false
+    }
 }
 
 /// Cross-entropy with optional label smoothing and MixUp.
@@ -268,6 +275,9 @@ pub fn train_with(
             .map_err(|e| Error::format(path, "transferlab checkpoint", format!("history unreadable: {e}")))?;
         start_epoch = meta.epoch;
     }
+    if history.epochs.last().is_some_and(|r| objective.stop_after(r)) {
+        return Ok(history);
+    }
     let vars = net.trainable_vars();
     if vars.is_empty() {
         return Err(Error::invalid("model", "every parameter is frozen; unfreeze something to train"));
@@ -337,6 +347,7 @@ pub fn train_with(
             Some(a) => format!("epoch {} loss {:.3} eval {:.1}%", epoch + 1, record.train_loss, 100.0 * a),
             None => format!("epoch {} loss {:.3} acc {:.1}%", epoch + 1, record.train_loss, 100.0 * record.train_accuracy),
         });
+        let stop = objective.stop_after(&record);
         history.epochs.push(record);
         if let Some(path) = &cfg.checkpoint {
             let meta = CheckpointMeta {
@@ -346,6 +357,9 @@ pub fn train_with(
                 history: serde_json::to_string(&history).expect("history serialises"),
             };
             checkpoint::save(path, &net.named_tensors()?, &optimizer.state()?, &meta)?;
+        }
+        if stop {
+            break;
         }
     }
     progress.finish();

@@ -104,6 +104,37 @@ fn interrupted_run_resumes_to_identical_weights() {
     assert!(err.to_string().contains("different run"), "{err}");
 }
 
+/// Stops after the second epoch.
+struct StopAtTwo(CrossEntropy);
+
+impl Objective for StopAtTwo {
+    fn loss(&mut self, s: &mut Step) -> transferlab::Result<(Tensor, Tensor)> {
+        self.0.loss(s)
+    }
+
+    fn stop_after(&mut self, epoch: &transferlab::train::EpochRecord) -> bool {
+        epoch.epoch >= 2
+    }
+}
+
+#[test]
+fn an_objective_stops_training_early_and_a_resumed_run_stops_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::bands(20, 3, 12, 4);
+    let spec = ModelSpec::named("mlp", data.shape, 3).unwrap();
+    let mut cfg = config(5);
+    cfg.checkpoint = Some(dir.path().join("run.ckpt"));
+    let ce = CrossEntropy { label_smoothing: 0.0, mixup_alpha: None };
+    let mut net = Network::new(&spec, 1, &Device::Cpu).unwrap();
+    let history = train_with(&mut net, &data, None, &cfg, &mut StopAtTwo(ce)).unwrap();
+    assert_eq!(history.epochs.len(), 2);
+    // Rerun from the checkpoint: it stops where the first run stopped, with its weights.
+    let mut again = Network::new(&spec, 1, &Device::Cpu).unwrap();
+    let resumed = train_with(&mut again, &data, None, &cfg, &mut StopAtTwo(ce)).unwrap();
+    assert_eq!(resumed.epochs, history.epochs);
+    assert!(weights_of(&again) == weights_of(&net));
+}
+
 #[test]
 fn divergence_stops_with_an_error() {
     let data = common::bands(10, 2, 8, 5);
