@@ -10,13 +10,12 @@ use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::models::{Inference, LoadMode, Network};
+use super::neuron_masks::{clean_batches, ChannelMasks, NeuronMasks};
+use crate::models::Network;
 use crate::report::{Figure, Outcome};
-use crate::rng::{permutation, stream_at};
 use crate::train::{cross_entropy, train_with, EpochRecord, LrSchedule, Objective, Optimizer, OptimizerConfig, Progress, ProgressMode, Step, TrainConfig};
-use candle_core::{DType, Tensor, Var};
+use candle_core::Tensor;
 use polars::prelude::{DataFrame, NamedFrom, Series};
-use std::collections::HashMap;
 
 /// RNP's settings. Defaults from the authors' code (as BackdoorBench runs it): unlearning at lr
 /// 0.01 (SGD, momentum 0.9, weight decay 5e-4, gradient norm clipped at 20, x0.1 at epochs 10
@@ -97,17 +96,6 @@ impl RnpConfig {
     }
 }
 
-/// The learnt mask of one batch-norm layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NeuronMasks {
-    /// The layer's parameter name prefix (`layer2.0.bn1`).
-    pub layer: String,
-    /// One value in [0, 1] per channel.
-    pub values: Vec<f64>,
-    /// The channels pruned (mask below the threshold).
-    pub pruned: Vec<usize>,
-}
-
 /// What RNP did.
 #[derive(Debug, Clone)]
 pub struct RnpResult {
@@ -159,53 +147,25 @@ impl Objective for Unlearning {
     }
 }
 
-/// The batch-norm layers of `net` (parameter prefixes with running statistics).
-fn batch_norm_layers(net: &Network) -> Vec<String> {
-    net.parameter_names().iter().filter_map(|n| n.strip_suffix(".running_mean").map(str::to_string)).collect()
-}
-
 /// Learn one mask per batch-norm channel of `net` (multiplying the channel's weight) that
 /// minimises alpha x cross-entropy on `clean`.
-fn recover_masks(net: &Network, clean: &Dataset, layers: &[String], cfg: &RnpConfig) -> Result<Vec<Vec<f64>>> {
-    let tensors = net.named_tensors()?;
-    let device = net.device();
-    let mut masks: Vec<(String, Var)> = Vec::new();
-    let mut gammas = Vec::new();
-    for layer in layers {
-        let gamma = tensors[&format!("{layer}.weight")].to_device(device)?;
-        masks.push((layer.clone(), Var::ones(gamma.dims1()?, DType::F32, device)?));
-        gammas.push(gamma);
-    }
+fn recover_masks(net: &Network, clean: &Dataset, cfg: &RnpConfig) -> Result<ChannelMasks> {
+    let masks = ChannelMasks::new(net, "RNP")?;
     let mut optimizer = Optimizer::new(OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 0.0 })?;
     let steps_per_epoch = clean.len().div_ceil(cfg.batch_size);
     let progress = Progress::new("RNP recovery", (cfg.recovering_epochs * steps_per_epoch) as u64, cfg.progress);
-    let (c, h, w) = clean.shape;
     for epoch in 0..cfg.recovering_epochs {
-        let order = permutation(&mut stream_at(cfg.seed, "rnp.recover.shuffle", epoch as u64), clean.len());
-        let mut aug_rng = stream_at(cfg.seed, "rnp.recover.augment", epoch as u64);
-        for indices in order.chunks(cfg.batch_size) {
-            let mut pixels = Vec::with_capacity(indices.len() * clean.image_len());
-            for &i in indices {
-                pixels.extend_from_slice(clean.image(i));
-            }
-            cfg.augment.apply_batch(&mut pixels, clean.shape, &mut aug_rng)?;
-            let x = Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?;
-            let y = Tensor::from_vec(indices.iter().map(|&i| clean.labels[i]).collect::<Vec<u32>>(), indices.len(), device)?;
-            let overrides: HashMap<String, Tensor> =
-                masks.iter().zip(&gammas).map(|((layer, m), g)| Ok((format!("{layer}.weight"), (m.as_tensor() * g)?))).collect::<Result<_>>()?;
-            let masked = Inference::with_overrides(net, overrides)?;
+        for (x, y) in clean_batches(clean, cfg.batch_size, cfg.augment, cfg.seed, "rnp.recover", epoch as u64, net.device())? {
+            let masked = masks.apply(net)?;
             let logits = if cfg.recover_in_train_mode { masked.forward_train(&x)? } else { masked.forward(&x)? };
             let loss = (cross_entropy(&logits, &y, 0.0)? * cfg.alpha)?;
-            let grads = loss.backward()?;
-            optimizer.step(&masks, &grads, cfg.recovering_lr)?;
-            for (_, m) in &masks {
-                m.set(&m.as_tensor().clamp(0f32, 1f32)?)?;
-            }
+            optimizer.step(&masks.masks, &loss.backward()?, cfg.recovering_lr)?;
+            masks.clamp()?;
             progress.inc(1);
         }
     }
     progress.finish();
-    masks.iter().map(|(_, m)| Ok(m.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)).collect()
+    Ok(masks)
 }
 
 /// Run RNP on copies of `net` with the defender's `clean` data; score with `probe`.
@@ -225,10 +185,8 @@ fn recover_masks(net: &Network, clean: &Dataset, layers: &[String], cfg: &RnpCon
 pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &RnpConfig) -> Result<RnpResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
-    let layers = batch_norm_layers(net);
-    if layers.is_empty() {
-        return Err(Error::invalid("model", "it has no batch-norm layers: RNP masks batch-norm channels; use a ResNet or a ConvNet with batch norm"));
-    }
+    // Refuse a network without batch norm before any training.
+    ChannelMasks::new(net, "RNP")?;
     let before = probe.measure(net)?;
     let mut unlearned = net.duplicate()?;
     unlearned.unfreeze_all();
@@ -245,20 +203,6 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &RnpConfi
     };
     let history = train_with(&mut unlearned, clean, None, &tc, &mut Unlearning { clean_threshold: cfg.clean_threshold })?;
     let unlearned_metrics = probe.measure(&unlearned)?;
-    let values = recover_masks(&unlearned, clean, &layers, cfg)?;
-    let mut tensors = net.named_tensors()?;
-    let mut masks = Vec::new();
-    for (layer, values) in layers.into_iter().zip(values) {
-        let pruned: Vec<usize> = values.iter().enumerate().filter(|(_, &v)| v < cfg.pruning_threshold).map(|(i, _)| i).collect();
-        let name = format!("{layer}.weight");
-        let mut gamma: Vec<f32> = tensors[&name].to_vec1()?;
-        for &i in &pruned {
-            gamma[i] = 0.0;
-        }
-        tensors.insert(name.clone(), Tensor::from_vec(gamma, values.len(), tensors[&name].device())?);
-        masks.push(NeuronMasks { layer, values, pruned });
-    }
-    let mut pruned_model = net.duplicate()?;
-    pruned_model.set_tensors(&tensors, LoadMode::Strict)?;
-    Ok(RnpResult { before, unlearned: unlearned_metrics, unlearning_epochs: history.epochs.len(), after: probe.measure(&pruned_model)?, masks })
+    let (pruned, masks) = recover_masks(&unlearned, clean, cfg)?.prune(net, cfg.pruning_threshold)?;
+    Ok(RnpResult { before, unlearned: unlearned_metrics, unlearning_epochs: history.epochs.len(), after: probe.measure(&pruned)?, masks })
 }

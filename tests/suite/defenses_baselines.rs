@@ -317,3 +317,4 @@ fn rnp_unlearning_keeps_the_backdoor_and_pruning_its_neurons_removes_it() {
     let e = rnp::run(net, defender, probe, &rnp::RnpConfig { pruning_threshold: 2.0, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("[0, 1]"), "{e}");
 }
+
