@@ -58,8 +58,8 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Run `blocks` on `h`, keeping the output of every `per_stage`-th block when `keep` (the
-/// stage outputs of a ResNet whose stages have `per_stage` blocks each).
+/// Run `blocks` on `h`, keeping (when `keep`) the output after each block count in
+/// `stage_ends`: a ResNet's stage outputs.
 pub(crate) fn run_stages<B>(
     blocks: &[B],
     mut h: Tensor,
