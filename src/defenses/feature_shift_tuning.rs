@@ -11,7 +11,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Network;
 use crate::report::{Figure, Outcome};
-use crate::train::{cross_entropy, train_with, LrSchedule, Objective, OptimizerConfig, ProgressMode, Step, TrainConfig};
+use crate::train::{cross_entropy, train_with, Objective, ProgressMode, Step, TrainConfig};
 use candle_core::{Tensor, Var};
 use polars::prelude::DataFrame;
 
@@ -122,16 +122,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &FstConfi
     let head = model.trainable_vars().into_iter().find(|(n, _)| *n == head_name).map(|(_, v)| v);
     let head = head.ok_or_else(|| Error::invalid("model", format!("the new head {head_name} is not trainable")))?;
     let mut objective = FeatureShift { head, original: original.to_device(model.device())?, norm, alpha: cfg.alpha };
-    let tc = TrainConfig {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        optimizer: OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 0.0 },
-        schedule: LrSchedule::Cosine { lr: cfg.lr, min_lr: 0.0, epochs: cfg.epochs as f64 },
-        augment: cfg.augment,
-        seed: cfg.seed,
-        progress: cfg.progress,
-        ..TrainConfig::default()
-    };
+    let tc = TrainConfig::sgd_cosine(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.augment, cfg.seed, cfg.progress);
     train_with(&mut model, clean, None, &tc, &mut objective)?;
     objective.renormalise()?;
     let w = objective.head.as_tensor().flatten_all()?;

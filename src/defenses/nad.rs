@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Network;
 use crate::report::{Figure, Outcome};
-use crate::train::{cross_entropy, train, train_with, LrSchedule, Objective, OptimizerConfig, ProgressMode, Step, TrainConfig};
+use crate::train::{cross_entropy, train, train_with, Objective, ProgressMode, Step, TrainConfig};
 use candle_core::{Tensor, D};
 use polars::prelude::DataFrame;
 
@@ -77,16 +77,7 @@ impl NadConfig {
     }
 
     fn train_config(&self, epochs: usize) -> TrainConfig {
-        TrainConfig {
-            epochs,
-            batch_size: self.batch_size,
-            optimizer: OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: self.weight_decay },
-            schedule: LrSchedule::Cosine { lr: self.lr, min_lr: 0.0, epochs: epochs as f64 },
-            augment: self.augment,
-            seed: self.seed,
-            progress: self.progress,
-            ..TrainConfig::default()
-        }
+        TrainConfig::sgd_cosine(epochs, self.batch_size, self.lr, self.weight_decay, self.augment, self.seed, self.progress)
     }
 }
 

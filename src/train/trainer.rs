@@ -65,6 +65,21 @@ impl TrainConfig {
         Self { epochs, batch_size, optimizer, schedule: LrSchedule::Constant { lr }, seed, progress, ..Self::default() }
     }
 
+    /// SGD with momentum 0.9 and `weight_decay`, the rate cosine-annealed from `lr` to 0 over
+    /// the run: how the fine-tuning defences (FST, FT-SAM, NAD) train on the defender's data.
+    pub fn sgd_cosine(epochs: usize, batch_size: usize, lr: f64, weight_decay: f64, augment: Augment, seed: u64, progress: ProgressMode) -> Self {
+        Self {
+            epochs,
+            batch_size,
+            optimizer: OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay },
+            schedule: LrSchedule::Cosine { lr, min_lr: 0.0, epochs: epochs as f64 },
+            augment,
+            seed,
+            progress,
+            ..Self::default()
+        }
+    }
+
     fn validate(&self, n: usize) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::invalid("epochs", "must be at least 1"));
