@@ -14,6 +14,7 @@ pub mod architectural;
 mod adversarial_hardening;
 mod blind_loss;
 pub mod distillation;
+pub mod trojannn;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, triggered_victims, BackdoorMetrics};
 pub use metrics::{defence_effectiveness_rate, defence_table};
@@ -28,4 +29,5 @@ pub use poisoning::{PoisoningAttackConfig, PoisoningAttackResult, PoisoningCompa
 pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
 pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
 pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
+pub use trojannn::{TrojanNnConfig, TrojanNnResult};
 pub use distillation::{DistillVariant, DistillationBackdoorConfig, DistillationBackdoorResult, DistillationConfig};
