@@ -6,6 +6,7 @@
 
 mod probe;
 pub mod abl;
+pub mod anp;
 pub mod clp;
 pub mod detection;
 pub mod feature_shift_tuning;
@@ -26,6 +27,7 @@ pub use feature_shift_tuning::{FstConfig, FstResult};
 pub use fine_pruning::{FinePruningConfig, FinePruningResult};
 pub use fine_tuning::{FineTuningConfig, FineTuningResult, MembershipProbe};
 pub use ft_sam::{FtSamConfig, FtSamResult};
+pub use anp::{AnpConfig, AnpPruning, AnpResult};
 pub use nad::{NadConfig, NadResult};
 pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
 pub use neuron_masks::NeuronMasks;

@@ -1,5 +1,5 @@
 //! Masks over a network's neurons (its batch-norm channels), learnt on the fixed network and
-//! used to prune it (RNP; ANP would share it).
+//! used to prune it: what RNP and ANP share.
 
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
@@ -25,7 +25,14 @@ pub struct NeuronMasks {
 pub(super) struct ChannelMasks {
     layers: Vec<String>,
     gammas: Vec<Tensor>,
+    betas: Vec<Tensor>,
     pub masks: Vec<(String, Var)>,
+}
+
+/// Multiplicative perturbations of every channel's weight and bias (ANP's neuron noise).
+pub(super) struct ChannelNoise {
+    pub weight: Vec<(String, Var)>,
+    pub bias: Vec<(String, Var)>,
 }
 
 impl ChannelMasks {
@@ -41,20 +48,38 @@ impl ChannelMasks {
         }
         let tensors = net.named_tensors()?;
         let device = net.device();
-        let (mut gammas, mut masks) = (Vec::new(), Vec::new());
+        let (mut gammas, mut betas, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         for layer in &layers {
             let gamma = tensors[&format!("{layer}.weight")].to_device(device)?;
+            betas.push(tensors[&format!("{layer}.bias")].to_device(device)?);
             masks.push((layer.clone(), Var::ones(gamma.dims1()?, DType::F32, device)?));
             gammas.push(gamma);
         }
-        Ok(Self { layers, gammas, masks })
+        Ok(Self { layers, gammas, betas, masks })
     }
 
-    /// `net` with each channel's weight scaled by its mask.
-    pub fn apply(&self, net: &Network) -> Result<Inference> {
+    /// Zero-initialised noise of the masks' shapes.
+    pub fn zero_noise(&self) -> Result<ChannelNoise> {
+        let zeros = |suffix: &str| -> Result<Vec<(String, Var)>> {
+            self.masks.iter().map(|(l, m)| Ok((format!("{l}.{suffix}"), Var::zeros(m.as_tensor().dims1()?, DType::F32, m.device())?))).collect()
+        };
+        Ok(ChannelNoise { weight: zeros("weight_noise")?, bias: zeros("bias_noise")? })
+    }
+
+    /// `net` with each channel's weight scaled by its mask (plus the weight noise) and its
+    /// bias by 1 plus the bias noise, when `noise` is given.
+    pub fn apply(&self, net: &Network, noise: Option<&ChannelNoise>) -> Result<Inference> {
         let mut overrides = HashMap::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            overrides.insert(format!("{layer}.weight"), (self.masks[i].1.as_tensor() * &self.gammas[i])?);
+            let m = self.masks[i].1.as_tensor();
+            let (w, b) = match noise {
+                Some(n) => ((m + n.weight[i].1.as_tensor())?, Some((n.bias[i].1.as_tensor() + 1.0)?)),
+                None => (m.clone(), None),
+            };
+            overrides.insert(format!("{layer}.weight"), (w * &self.gammas[i])?);
+            if let Some(b) = b {
+                overrides.insert(format!("{layer}.bias"), (b * &self.betas[i])?);
+            }
         }
         Inference::with_overrides(net, overrides)
     }
@@ -70,11 +95,30 @@ impl ChannelMasks {
     /// A copy of `net` with every channel whose mask is below `threshold` pruned (its
     /// batch-norm weight set to zero, as the authors' code prunes), and the masks.
     pub fn prune(&self, net: &Network, threshold: f64) -> Result<(Network, Vec<NeuronMasks>)> {
+        self.prune_chosen(net, |values| values.iter().map(|l| l.iter().map(|&v| v < threshold).collect()).collect())
+    }
+
+    /// A copy of `net` with the `count` channels of lowest mask pruned, over all layers (ties
+    /// broken by layer, then channel), and the masks.
+    pub fn prune_lowest(&self, net: &Network, count: usize) -> Result<(Network, Vec<NeuronMasks>)> {
+        self.prune_chosen(net, |values| {
+            let mut order: Vec<(usize, usize)> = values.iter().enumerate().flat_map(|(l, v)| (0..v.len()).map(move |c| (l, c))).collect();
+            order.sort_by(|a, b| values[a.0][a.1].total_cmp(&values[b.0][b.1]).then(a.cmp(b)));
+            let mut chosen: Vec<Vec<bool>> = values.iter().map(|v| vec![false; v.len()]).collect();
+            for &(l, c) in order.iter().take(count) {
+                chosen[l][c] = true;
+            }
+            chosen
+        })
+    }
+
+    fn prune_chosen(&self, net: &Network, choose: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<bool>>) -> Result<(Network, Vec<NeuronMasks>)> {
+        let values: Vec<Vec<f64>> = self.masks.iter().map(|(_, m)| Ok(m.as_tensor().to_dtype(DType::F64)?.to_vec1()?)).collect::<Result<_>>()?;
+        let chosen = choose(&values);
         let mut tensors = net.named_tensors()?;
         let mut out = Vec::new();
-        for (layer, m) in &self.masks {
-            let values: Vec<f64> = m.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
-            let pruned: Vec<usize> = values.iter().enumerate().filter(|(_, &v)| v < threshold).map(|(i, _)| i).collect();
+        for (((layer, _), values), chosen) in self.masks.iter().zip(values).zip(chosen) {
+            let pruned: Vec<usize> = (0..values.len()).filter(|&i| chosen[i]).collect();
             let name = format!("{layer}.weight");
             let mut gamma: Vec<f32> = tensors[&name].to_vec1()?;
             for &i in &pruned {

@@ -156,7 +156,7 @@ fn recover_masks(net: &Network, clean: &Dataset, cfg: &RnpConfig) -> Result<Chan
     let progress = Progress::new("RNP recovery", (cfg.recovering_epochs * steps_per_epoch) as u64, cfg.progress);
     for epoch in 0..cfg.recovering_epochs {
         for (x, y) in clean_batches(clean, cfg.batch_size, cfg.augment, cfg.seed, "rnp.recover", epoch as u64, net.device())? {
-            let masked = masks.apply(net)?;
+            let masked = masks.apply(net, None)?;
             let logits = if cfg.recover_in_train_mode { masked.forward_train(&x)? } else { masked.forward(&x)? };
             let loss = (cross_entropy(&logits, &y, 0.0)? * cfg.alpha)?;
             optimizer.step(&masks.masks, &loss.backward()?, cfg.recovering_lr)?;
