@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::models::Network;
 use crate::report::{Figure, Outcome};
 use crate::rng::{normal, stream};
+use rand::Rng;
 use crate::train::{train, LrSchedule, Optimizer, OptimizerConfig, Progress, ProgressMode, TrainConfig};
 use candle_core::{DType, IndexOp, Tensor, Var};
 use polars::prelude::{DataFrame, NamedFrom, Series};
@@ -25,6 +26,10 @@ use polars::prelude::{DataFrame, NamedFrom, Series};
 /// neuron's activation to 100 (squared error, on a black image carrying only the trigger);
 /// then the model is retrained on data with 10 % stamped and relabelled to class 0, 10 epochs
 /// of SGD at 0.01 (TrojanZoo's `--pretrained --epochs 10 --lr 0.01`).
+///
+/// The neurons are ranked among those the trigger region can reach (the paper picks neurons
+/// connected to the trigger region; TrojanZoo ranks all of them, which on features that keep
+/// their spatial layout picks neurons the trigger cannot move).
 ///
 /// Deviation: the paper retrains on images it reverse-engineers from the model (the attacker
 /// has no training data); like TrojanZoo and BackdoorBench, the retraining here uses the data
@@ -178,7 +183,6 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
     }
     let target = TargetMode::AllToOne { target: cfg.target };
     target.validate(test.num_classes())?;
-    let neurons = well_connected_neurons(net, cfg.neurons)?;
     let (c, h, w) = net.spec().input;
     let size = cfg.patch_size(h, w);
     let region = Trigger::Patch { size, fill: PatchFill::Solid(1.0), placement: cfg.placement };
@@ -187,6 +191,8 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
     region.apply(&mut mask, net.spec().input, None)?;
     let device = net.device();
     let mask_t = Tensor::from_vec(mask.clone(), (1, c, h, w), device)?;
+    let reachable = reachable_neurons(net, &mask_t, cfg.seed)?;
+    let neurons = well_connected_neurons(net, cfg.neurons, &reachable)?;
     let index = Tensor::from_vec(neurons.iter().map(|&i| i as u32).collect::<Vec<_>>(), neurons.len(), device)?;
 
     let mut rng = stream(cfg.seed, "trojannn.start");
@@ -233,17 +239,42 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
     Ok(TrojanNnResult { neurons, activation_random, activation_trigger, trigger, random_trigger, before, after, baseline, n_poisoned })
 }
 
-/// The `k` penultimate neurons with the largest summed absolute weight into the classifier
-/// (TrojanZoo's `get_neuron_idx`; the paper picks neurons strongly connected to the next layer).
-fn well_connected_neurons(net: &Network, k: usize) -> Result<Vec<usize>> {
+/// Which penultimate neurons the trigger region can move: those whose activation differs
+/// between black images carrying different random patterns in the region. Where the features
+/// keep their spatial layout (the ConvNet's flattened maps), most neurons lie outside the
+/// region's reach and no optimisation of its pixels could excite them.
+fn reachable_neurons(net: &Network, mask: &Tensor, seed: u64) -> Result<Vec<bool>> {
+    let (c, h, w) = net.spec().input;
+    let mut rng = stream(seed, "trojannn.reach");
+    let mut pixels = vec![0f32; c * h * w];
+    for _ in 0..4 {
+        pixels.extend((0..c * h * w).map(|_| rng.random::<f32>()));
+    }
+    let probes = Tensor::from_vec(pixels, (5, c, h, w), net.device())?.broadcast_mul(mask)?;
+    let features: Vec<Vec<f32>> = net.inference()?.features(&probes)?.to_dtype(DType::F32)?.to_vec2()?;
+    Ok((0..features[0].len())
+        .map(|d| {
+            let (lo, hi) = features.iter().fold((f32::MAX, f32::MIN), |(lo, hi), f| (lo.min(f[d]), hi.max(f[d])));
+            hi - lo > 1e-6
+        })
+        .collect())
+}
+
+/// The `k` neurons, among the `reachable` ones, with the largest summed absolute weight into
+/// the classifier (TrojanZoo's `get_neuron_idx`, restricted as the paper restricts it to
+/// neurons connected to the trigger region).
+fn well_connected_neurons(net: &Network, k: usize, reachable: &[bool]) -> Result<Vec<usize>> {
     let name = format!("{}.weight", net.spec().head_name());
     let tensors = net.named_tensors()?;
     let weight = tensors.get(&name).ok_or_else(|| Error::invalid("model", format!("it has no classifier weight `{name}`")))?;
     let strength: Vec<f32> = weight.abs()?.sum(0)?.to_dtype(DType::F32)?.to_vec1()?;
-    if k > strength.len() {
-        return Err(Error::invalid("TrojanNN", format!("{k} neurons asked for; the penultimate layer has {}", strength.len())));
+    let mut order: Vec<usize> = (0..strength.len()).filter(|&i| reachable.get(i).copied().unwrap_or(false)).collect();
+    if k > order.len() {
+        return Err(Error::invalid(
+            "TrojanNN",
+            format!("{k} neurons asked for, but only {} of the {} penultimate neurons respond to the trigger region: ask for fewer, or a larger area or another place", order.len(), strength.len()),
+        ));
     }
-    let mut order: Vec<usize> = (0..strength.len()).collect();
     order.sort_by(|&a, &b| strength[b].total_cmp(&strength[a]).then(a.cmp(&b)));
     order.truncate(k);
     Ok(order)
