@@ -156,6 +156,12 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &AnpConfi
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
     let masks = ChannelMasks::new(net, "ANP")?;
+    if let AnpPruning::Count(k) = cfg.pruning {
+        let neurons: usize = masks.masks.iter().map(|(_, m)| m.elem_count()).sum();
+        if k > neurons {
+            return Err(Error::invalid("ANP", format!("pruning {k} neurons asked for; the model has {neurons} batch-norm channels")));
+        }
+    }
     let before = probe.measure(net)?;
     // The masked forward passes run in training mode and move the running statistics: on a
     // copy, so that the pruned model keeps the original's.

@@ -357,6 +357,8 @@ fn anp_masks_rank_backdoor_neurons_before_the_unperturbed_ablation() {
     let (a, b) = (anp::run(net, &c.defender, &c.probe, &short).unwrap(), anp::run(net, &c.defender, &c.probe, &short).unwrap());
     assert_eq!(a.masks, b.masks, "seeded: the same masks bit for bit");
     assert!(a.masks.iter().all(|m| m.pruned == (0..m.values.len()).filter(|&i| m.values[i] < 0.2).collect::<Vec<_>>()), "threshold 0.2: {:?}", a.masks);
-    let e = anp::run(net, &c.defender, &c.probe, &anp::AnpConfig { alpha: 1.5, ..cfg }).unwrap_err().to_string();
+    let e = anp::run(net, &c.defender, &c.probe, &anp::AnpConfig { alpha: 1.5, ..cfg.clone() }).unwrap_err().to_string();
     assert!(e.contains("[0, 1]"), "{e}");
+    let e = anp::run(net, &c.defender, &c.probe, &anp::AnpConfig { pruning: anp::AnpPruning::Count(65), ..cfg }).unwrap_err().to_string();
+    assert!(e.contains("64 batch-norm channels"), "{e}");
 }
