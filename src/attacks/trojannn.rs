@@ -10,7 +10,7 @@ use super::trigger::{PatchFill, Placement, Trigger};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::models::Network;
+use crate::models::{Inference, Network};
 use crate::report::{Figure, Outcome};
 use crate::rng::{normal, stream};
 use rand::Rng;
@@ -191,7 +191,9 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
     region.apply(&mut mask, net.spec().input, None)?;
     let device = net.device();
     let mask_t = Tensor::from_vec(mask.clone(), (1, c, h, w), device)?;
-    let reachable = reachable_neurons(net, &mask_t, cfg.seed)?;
+    // Detached weights: the optimisation's gradients flow to the trigger's pixels only.
+    let frozen = net.inference()?;
+    let reachable = reachable_neurons(&frozen, net.spec().input, &mask_t, cfg.seed)?;
     let neurons = well_connected_neurons(net, cfg.neurons, &reachable)?;
     let index = Tensor::from_vec(neurons.iter().map(|&i| i as u32).collect::<Vec<_>>(), neurons.len(), device)?;
 
@@ -200,7 +202,7 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
     let a = Var::from_vec(start, (1, c, h, w), device)?;
     // The trigger on a black image: the paper's and TrojanZoo's input for the optimisation.
     let stamped = |a: &Tensor| -> Result<Tensor> { Ok(((a.tanh()? + 1.0)? * 0.5)?.broadcast_mul(&mask_t)?) };
-    let activation = |x: &Tensor| -> Result<Tensor> { Ok(net.features(x, false)?.index_select(&index, 1)?.abs()?) };
+    let activation = |x: &Tensor| -> Result<Tensor> { Ok(frozen.features(x)?.index_select(&index, 1)?.abs()?) };
     let random_pixels = stamped(a.as_tensor())?;
     let activation_random = activation(&random_pixels.detach())?.sum_all()?.to_scalar::<f32>()? as f64;
 
@@ -243,15 +245,14 @@ pub fn run(net: &Network, data: &Dataset, test: &Dataset, cfg: &TrojanNnConfig) 
 /// between black images carrying different random patterns in the region. Where the features
 /// keep their spatial layout (the ConvNet's flattened maps), most neurons lie outside the
 /// region's reach and no optimisation of its pixels could excite them.
-fn reachable_neurons(net: &Network, mask: &Tensor, seed: u64) -> Result<Vec<bool>> {
-    let (c, h, w) = net.spec().input;
+fn reachable_neurons(frozen: &Inference, (c, h, w): (usize, usize, usize), mask: &Tensor, seed: u64) -> Result<Vec<bool>> {
     let mut rng = stream(seed, "trojannn.reach");
     let mut pixels = vec![0f32; c * h * w];
     for _ in 0..4 {
         pixels.extend((0..c * h * w).map(|_| rng.random::<f32>()));
     }
-    let probes = Tensor::from_vec(pixels, (5, c, h, w), net.device())?.broadcast_mul(mask)?;
-    let features: Vec<Vec<f32>> = net.inference()?.features(&probes)?.to_dtype(DType::F32)?.to_vec2()?;
+    let probes = Tensor::from_vec(pixels, (5, c, h, w), mask.device())?.broadcast_mul(mask)?;
+    let features: Vec<Vec<f32>> = frozen.features(&probes)?.to_dtype(DType::F32)?.to_vec2()?;
     Ok((0..features[0].len())
         .map(|d| {
             let (lo, hi) = features.iter().fold((f32::MAX, f32::MIN), |(lo, hi), f| (lo.min(f[d]), hi.max(f[d])));

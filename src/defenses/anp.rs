@@ -119,7 +119,7 @@ pub struct AnpResult {
 impl AnpResult {
     /// Neurons pruned over all layers.
     pub fn pruned_neurons(&self) -> usize {
-        self.masks.iter().map(|m| m.pruned.len()).sum()
+        NeuronMasks::pruned_in(&self.masks)
     }
 }
 

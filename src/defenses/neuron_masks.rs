@@ -16,8 +16,15 @@ pub struct NeuronMasks {
     pub layer: String,
     /// One value in [0, 1] per channel.
     pub values: Vec<f64>,
-    /// The channels pruned (mask below the threshold).
+    /// The channels pruned (by the method's rule: below a threshold, or among the lowest).
     pub pruned: Vec<usize>,
+}
+
+impl NeuronMasks {
+    /// Channels pruned over all `layers`.
+    pub fn pruned_in(layers: &[NeuronMasks]) -> usize {
+        layers.iter().map(|m| m.pruned.len()).sum()
+    }
 }
 
 /// One mask variable per batch-norm channel of a network, initialised to 1, multiplying the

@@ -111,7 +111,7 @@ pub struct RnpResult {
 impl RnpResult {
     /// Neurons pruned over all layers.
     pub fn pruned_neurons(&self) -> usize {
-        self.masks.iter().map(|m| m.pruned.len()).sum()
+        NeuronMasks::pruned_in(&self.masks)
     }
 }
 
