@@ -92,11 +92,11 @@ impl AnpConfig {
         if !(self.eps.is_finite() && self.eps >= 0.0) || !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::invalid("ANP", format!("eps {} must be >= 0 and lr {} positive (the paper: 0.4, 0.2)", self.eps, self.lr)));
         }
-        let threshold = match self.pruning {
-            AnpPruning::Threshold(t) => t,
-            AnpPruning::Count(_) => 0.0,
-        };
-        for (what, v) in [("alpha", self.alpha), ("pruning threshold", threshold)] {
+        let mut bounded = vec![("alpha", self.alpha)];
+        if let AnpPruning::Threshold(t) = self.pruning {
+            bounded.push(("pruning threshold", t));
+        }
+        for (what, v) in bounded {
             if !(0.0..=1.0).contains(&v) {
                 return Err(Error::invalid("ANP", format!("{what} {v} is outside [0, 1] (the paper: 0.2)")));
             }
