@@ -59,8 +59,12 @@ notebook-env:
     "{{venv}}/bin/python" notebooks/kernel/install_kernel.py "{{venv}}" "$(command -v evcxr_jupyter)" >/dev/null
 
 # Compile the crate once in the notebook kernel so the first cell of a fresh kernel is quick.
+# Kernels that run at once build in separate slots (notebooks/kernel/launch.sh); evcxr's cache
+# skips the registry crates but not transferlab itself, so a second slot would compile the
+# crate again (220-245 s in CI). A copy of the warmed build makes cargo find it fresh instead.
 warm: notebook-env
     {{venv}}/bin/python tests/notebooks/run_notebooks.py notebooks/kernel/warm.ipynb
+    notebooks/kernel/seed_slots.sh 1
 
 # The BadNets CNN on the real MNIST test set (8,000 train / 2,000 test); needs ../shared/data.
 mnist:
