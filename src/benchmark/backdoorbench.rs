@@ -15,7 +15,7 @@ use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, B
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
-use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, ft_sam, nad, nc_unlearning, rnp, anp, AblConfig, AnpConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, FtSamConfig, NadConfig, NcUnlearningConfig, RnpConfig};
+use crate::defenses::{abl, clp, feature_shift_tuning, fine_pruning, ft_sam, nad, nc_unlearning, rnp, anp, i_bau, AblConfig, AnpConfig, IBauConfig, BackdoorProbe, ClpConfig, FinePruningConfig, FstConfig, FineTuningConfig, FtSamConfig, NadConfig, NcUnlearningConfig, RnpConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::FileLock;
 use crate::hub::{load_dataset, DatasetRequest, Hub};
@@ -171,6 +171,9 @@ pub enum BenchDefence {
     /// Adversarial Neuron Pruning (Wu & Wang 2021): masks learnt against adversarial neuron
     /// perturbations, the low ones pruned.
     Anp(AnpConfig),
+    /// I-BAU (Zeng et al. 2022): minimax unlearning of a universal perturbation along the
+    /// implicit hypergradient.
+    IBau(IBauConfig),
     /// STRIP (Gao et al. 2019) as an input filter: the model's CA/ASR/RA behind it.
     Strip(StripConfig),
     /// Spectral Signatures (Tran et al. 2018) as a removal defence: the flagged samples
@@ -182,7 +185,7 @@ pub enum BenchDefence {
 
 impl BenchDefence {
     /// Every defence's name, in the benchmark's order.
-    pub const NAMES: [&'static str; 13] = ["ft", "fp", "nc", "clp", "fst", "ft-sam", "nad", "rnp", "anp", "strip", "abl", "spectral", "ac"];
+    pub const NAMES: [&'static str; 14] = ["ft", "fp", "nc", "clp", "fst", "ft-sam", "nad", "rnp", "anp", "i-bau", "strip", "abl", "spectral", "ac"];
 
     /// The defence called `name` (see [`Self::NAMES`]) with the benchmark's settings: its
     /// paper's defaults, CIFAR-10's crop and flip where it trains, and ABL's phases shortened
@@ -191,7 +194,7 @@ impl BenchDefence {
     /// ```
     /// use transferlab::benchmark::BenchDefence;
     /// assert_eq!(BenchDefence::by_name("spectral").unwrap().name(), "spectral");
-    /// assert!(BenchDefence::by_name("i-bau").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, ft-sam, nad, rnp, anp, strip, abl, spectral, ac"));
+    /// assert!(BenchDefence::by_name("sau").unwrap_err().to_string().contains("ft, fp, nc, clp, fst, ft-sam, nad, rnp, anp, i-bau, strip, abl, spectral, ac"));
     /// ```
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
@@ -217,6 +220,8 @@ impl BenchDefence {
             "rnp" => BenchDefence::Rnp(RnpConfig { augment: Augment::cifar(), ..RnpConfig::default() }),
             // The authors' CIFAR-10 setting: 2000 iterations of 128 on the defender's data.
             "anp" => BenchDefence::Anp(AnpConfig::default()),
+            // The authors' code: 5 rounds, batches of 100, no bound on the perturbation.
+            "i-bau" => BenchDefence::IBau(IBauConfig::default()),
             "strip" => BenchDefence::Strip(StripConfig::default()),
             "spectral" => BenchDefence::SpectralSignatures(SpectralSignaturesConfig::default()),
             "ac" => BenchDefence::ActivationClustering(ActivationClusteringConfig::default()),
@@ -237,6 +242,7 @@ impl BenchDefence {
             BenchDefence::Nad(_) => "nad",
             BenchDefence::Rnp(_) => "rnp",
             BenchDefence::Anp(_) => "anp",
+            BenchDefence::IBau(_) => "i-bau",
             BenchDefence::Strip(_) => "strip",
             BenchDefence::SpectralSignatures(_) => "spectral",
             BenchDefence::ActivationClustering(_) => "ac",
@@ -267,6 +273,7 @@ impl BenchDefence {
             BenchDefence::Nad(c) => format!("{:?}", NadConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Rnp(c) => format!("{:?}", RnpConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Anp(c) => format!("{:?}", AnpConfig { progress: ProgressMode::Hidden, ..c.clone() }),
+            BenchDefence::IBau(c) => format!("{:?}", IBauConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::Strip(c) => format!("{:?}", StripConfig { progress: ProgressMode::Hidden, ..c.clone() }),
             BenchDefence::SpectralSignatures(c) => format!("{c:?}"),
             BenchDefence::ActivationClustering(c) => format!("{c:?}"),
@@ -896,6 +903,7 @@ fn apply_defence(
         BenchDefence::Nad(c) => (nad::run(net, defender, probe, &NadConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Rnp(c) => (rnp::run(net, defender, probe, &RnpConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Anp(c) => (anp::run(net, defender, probe, &AnpConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
+        BenchDefence::IBau(c) => (i_bau::run(net, defender, probe, &IBauConfig { seed: seed(c.seed), ..c.clone() })?.after, None),
         BenchDefence::Strip(c) => {
             let r = strip::run(net, defender, probe, &StripConfig { seed: seed(c.seed), progress: cfg.progress, ..c.clone() })?;
             detector(r.behind_filter, &r.detection)

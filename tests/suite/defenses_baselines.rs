@@ -6,7 +6,7 @@ use crate::defenses_support::{backdoored, case, train_cfg, Case};
 
 use candle_core::Device;
 use std::sync::OnceLock;
-use transferlab::defenses::{anp, clp, feature_shift_tuning as fst, ft_sam, nad, rnp};
+use transferlab::defenses::{anp, clp, feature_shift_tuning as fst, ft_sam, i_bau, nad, rnp};
 use transferlab::defenses::detection::{activation_clustering, mm_bd, scale_up, spectral_signatures, strip};
 use transferlab::attacks::{poison, PoisonConfig};
 use transferlab::models::{Arch, ModelSpec, Network, Norm};
@@ -362,3 +362,41 @@ fn anp_masks_rank_backdoor_neurons_before_the_unperturbed_ablation() {
     let e = anp::run(net, &c.defender, &c.probe, &anp::AnpConfig { pruning: anp::AnpPruning::Count(65), ..cfg }).unwrap_err().to_string();
     assert!(e.contains("64 batch-norm channels"), "{e}");
 }
+
+/// I-BAU (Zeng et al. 2022) on the digits' batch-norm ConvNet: unlearning along the implicit
+/// hypergradient removes the backdoor where the same minimax steps on the outer loss's own
+/// gradient (the paper's comparison, `hypergradient: false`) do not. The defender holds clean
+/// copies of the 1437 training digits (the paper: 5000 CIFAR-10 test images) and bounds the
+/// universal perturbation by the paper's L2 ball, scaled to 8x8 images (10 on 32x32x3 ->
+/// 1.44; without it the perturbation grows past norm 700 here and unlearning costs 20-35
+/// points of accuracy). Measured, seeds 0-5, the paper's other defaults: ASR 100 -> 75 / 13 /
+/// 97 / 72 / 17 / 3 % (mean 46 %) against 92 / 100 / 96 / 85 / 97 / 95 % (mean 94 %) for the
+/// ablation; CA 99.2 -> 96.1-99.2 %. One seed's outcome varies widely at this scale (5 rounds
+/// of 15 steps); the mean over seeds is the claim. With the radius at 3: 12 % against 49 %.
+#[test]
+fn i_bau_hypergradient_unlearns_the_backdoor_its_first_order_ablation_keeps() {
+    let (c, net) = digits_batch_norm();
+    let radius = Some(10.0 * (64.0f64 / 3072.0).sqrt());
+    let (mut ours, mut ablation) = (Vec::new(), Vec::new());
+    for seed in 0..6 {
+        let cfg = i_bau::IBauConfig { seed, perturbation_radius: radius, ..Default::default() };
+        let r = i_bau::run(net, &c.train, &c.probe, &cfg).unwrap();
+        let plain = i_bau::run(net, &c.train, &c.probe, &i_bau::IBauConfig { hypergradient: false, ..cfg }).unwrap();
+        println!("I-BAU seed {seed}: before {:?}\n  after {:?}\n  first-order {:?}", r.before, r.after, plain.after);
+        assert!(r.before.attack_success_rate > 0.95, "{:?}", r.before);
+        assert!(r.before.clean_accuracy - r.after.clean_accuracy < 0.04, "{:?}", r.after);
+        assert!(r.perturbation_norms.iter().all(|&n| n <= radius.unwrap() + 1e-4), "{:?}", r.perturbation_norms);
+        ours.push(r.after.attack_success_rate);
+        ablation.push(plain.after.attack_success_rate);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&ours) < 0.6, "I-BAU's ASR {ours:?}");
+    assert!(mean(&ablation) > mean(&ours) + 0.3, "first-order {ablation:?} vs I-BAU {ours:?}");
+    let short = i_bau::IBauConfig { rounds: 2, ..Default::default() };
+    let (a, b) = (i_bau::run(net, &c.defender, &c.probe, &short).unwrap(), i_bau::run(net, &c.defender, &c.probe, &short).unwrap());
+    assert_eq!((a.after, a.perturbation_norms.clone()), (b.after, b.perturbation_norms), "seeded: bit-identical");
+    assert_eq!(a.to_dataframe().unwrap().height(), 2);
+    let e = i_bau::run(net, &c.defender, &c.probe, &i_bau::IBauConfig { fixed_point_iterations: 0, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("fixed-point iteration"), "{e}");
+}
+
