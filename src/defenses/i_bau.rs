@@ -127,8 +127,8 @@ impl IBauConfig {
 pub struct IBauResult {
     pub before: BackdoorMetrics,
     pub after: BackdoorMetrics,
-    /// L2 norm of each round's universal perturbation: how far the model still had to be
-    /// pushed to misbehave (it grows as the backdoor is unlearnt).
+    /// L2 norm of each round's universal perturbation (after the ball's projection, if any):
+    /// the size of the stand-in trigger each round unlearnt.
     pub perturbation_norms: Vec<f64>,
 }
 
