@@ -1061,6 +1061,10 @@ impl Outcome for BackdoorBenchResult {
             .series("ASR (ours)", ours(&|m| m.attack_success_rate))
             .series("ASR (BackdoorBench)", theirs(1))
             .y_range(0.0, 105.0);
-        Ok(Figure::new(Chart::Bars(chart)).with_size(1400, 560))
+        // About 110 px per cell, so that the cell labels under the bars do not run into each
+        // other (14 cells at 1400 px did); capped where a many-seed grid would make it unwieldy
+        // (the heatmap is that grid's figure).
+        let width = (300 + 110 * self.cells.len() as u32).clamp(1400, 4000);
+        Ok(Figure::new(Chart::Bars(chart)).with_size(width, 560))
     }
 }
