@@ -16,6 +16,12 @@ if [ ! -d "$source_build" ]; then
     echo "seed_slots: $source_build does not exist; run \`just warm\` first" >&2
     exit 1
 fi
+# Slot 0 held for the whole copy: a kernel building there meanwhile would leave a torn copy.
+exec 8>"$slots/slot-0.lock"
+if ! flock -n 8; then
+    echo "seed_slots: a kernel is running in slot 0; nothing copied (its build may be changing)" >&2
+    exit 0
+fi
 for i in $(seq 1 "$count"); do
     slot="$slots/slot-$i"
     mkdir -p "$slot"
