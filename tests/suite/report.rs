@@ -117,6 +117,13 @@ fn scatter_fits_a_line_and_heatmaps_check_their_shape() {
     // NaN is a missing cell (drawn grey, "?"); a heatmap with nothing present is an error.
     let missing = Figure::new(Chart::Heatmap(Heatmap::new("pending", vec!["a".into()], vec!["b".into(), "c".into()], vec![0.5, f64::NAN])));
     assert!(missing.to_png().unwrap().len() > 1000);
+    let noted = Figure::new(Chart::Heatmap(Heatmap::new("plan", vec!["a".into()], vec!["b".into(), "c".into()], vec![0.5, f64::NAN]).note(0, 1, "n/a")));
+    assert!(noted.to_png().unwrap().len() > 1000);
+    // A note names a missing cell, inside the grid.
+    for (r, c) in [(0, 0), (0, 2), (1, 1)] {
+        let wrong = Figure::new(Chart::Heatmap(Heatmap::new("plan", vec!["a".into()], vec!["b".into(), "c".into()], vec![0.5, f64::NAN]).note(r, c, "n/a")));
+        assert!(wrong.to_png().unwrap_err().to_string().contains("must name a missing (NaN) cell"), "({r}, {c})");
+    }
     let nothing = Figure::new(Chart::Heatmap(Heatmap::new("pending", vec!["a".into()], vec!["b".into()], vec![f64::NAN])));
     assert!(nothing.to_png().is_err());
     let bad = Figure::new(Chart::Heatmap(Heatmap::new("bad", vec!["a".into()], vec!["b".into()], vec![1.0, 2.0])));

@@ -21,12 +21,21 @@ pub struct Heatmap {
     pub values: Vec<f64>,
     /// Write each value in its cell.
     pub annotate: bool,
+    /// (row, column, text): a missing cell that no result will fill, drawn grey with the text
+    /// instead of the `?` of a result still to come.
+    pub notes: Vec<(usize, usize, String)>,
 }
 
 impl Heatmap {
     /// A heatmap of `values` (row-major) with the given row and column names.
     pub fn new(title: &str, rows: Vec<String>, cols: Vec<String>, values: Vec<f64>) -> Self {
-        Self { title: title.into(), row_label: String::new(), col_label: String::new(), rows, cols, values, annotate: true }
+        Self { title: title.into(), row_label: String::new(), col_label: String::new(), rows, cols, values, annotate: true, notes: Vec::new() }
+    }
+
+    /// Mark the missing cell at (`row`, `col`) with `text` (e.g. "n/a" where nothing will run).
+    pub fn note(mut self, row: usize, col: usize, text: &str) -> Self {
+        self.notes.push((row, col, text.into()));
+        self
     }
 
     /// Name the axes.
@@ -59,6 +68,9 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
     }
     if h.values.iter().any(|v| v.is_infinite()) || h.values.iter().all(|v| v.is_nan()) {
         return Err(Error::Figure("heatmap values must be finite (NaN marks a missing cell), and at least one present".into()));
+    }
+    if let Some((r, c, _)) = h.notes.iter().find(|(r, c, _)| *r >= nr || *c >= nc || !h.values[r * nc + c].is_nan()) {
+        return Err(Error::Figure(format!("a note at ({r}, {c}) must name a missing (NaN) cell of the {nr}x{nc} heatmap")));
     }
     let lo = h.values.iter().cloned().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
     let hi = h.values.iter().cloned().filter(|v| !v.is_nan()).fold(f64::NEG_INFINITY, f64::max);
@@ -97,8 +109,13 @@ pub(super) fn draw<DB: DrawingBackend>(h: &Heatmap, area: &DrawingArea<DB, Shift
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Center,
                 ));
+                let text = match h.notes.iter().find(|(nr_, nc_, _)| (*nr_, *nc_) == (r, c)) {
+                    Some((_, _, note)) => note.clone(),
+                    None if v.is_nan() => "?".to_string(),
+                    None => format!("{v:.2}"),
+                };
                 chart
-                    .draw_series(std::iter::once(Text::new(if v.is_nan() { "?".to_string() } else { format!("{v:.2}") }, (c as f64 + 0.5, y0 + 0.5), style)))
+                    .draw_series(std::iter::once(Text::new(text, (c as f64 + 0.5, y0 + 0.5), style)))
                     .map_err(fig_err)?;
             }
         }
