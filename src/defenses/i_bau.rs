@@ -160,7 +160,10 @@ fn inner_gradient(eval: &Inference, x: &Tensor, y: &Tensor, delta: &Tensor) -> R
 
 fn grad_of(loss: &Tensor, var: &Var) -> Result<Tensor> {
     let grads = loss.backward()?;
-    Ok(grads.get(var.as_tensor()).cloned().unwrap_or(var.as_tensor().zeros_like()?))
+    match grads.get(var.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => Ok(var.as_tensor().zeros_like()?),
+    }
 }
 
 fn norm(t: &Tensor) -> Result<f64> {
