@@ -18,6 +18,7 @@ pub mod nad;
 mod neuron_masks;
 pub mod nc_unlearning;
 pub mod rnp;
+pub mod sau;
 pub mod survival;
 pub mod trigger_inversion;
 
@@ -34,5 +35,6 @@ pub use nad::{NadConfig, NadResult};
 pub use nc_unlearning::{NcUnlearningConfig, NcUnlearningResult};
 pub use neuron_masks::NeuronMasks;
 pub use rnp::{RnpConfig, RnpResult};
+pub use sau::{SauConfig, SauResult};
 pub use survival::{SurvivalConfig, SurvivalResult};
 pub use trigger_inversion::{InversionConfig, LabelPairScanResult, NeuralCleanseResult};

@@ -224,7 +224,7 @@ mod tests {
     fn mistakes_in_a_spec_are_named() {
         let err = |json: &str| GridSpec::from_json(json, "/g").unwrap_err().to_string();
         assert!(err(r#"{"attacks": ["badnet"]}"#).contains("\"badnet\"; use one of badnets"));
-        assert!(err(r#"{"defences": ["sau"]}"#).contains("use one of ft, fp"));
+        assert!(err(r#"{"defences": ["dbd"]}"#).contains("use one of ft, fp"));
         assert!(err(r#"{"seeds": [1, 1]}"#).contains("distinct seeds"));
         assert!(err(r#"{"epochs": 0}"#).contains("at least 1"));
         assert!(err(r#"{"device": "cuda"}"#).contains("set resources.gpus to 1"));

@@ -146,7 +146,7 @@ enum Command {
         /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, lc, blind, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
-        /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also ft-sam, nad, rnp, anp, i-bau, strip, spectral, ac).
+        /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also ft-sam, nad, rnp, anp, i-bau, sau, strip, spectral, ac).
         #[arg(long, default_value = "ft,fp,nc,clp,fst,abl")]
         defences: String,
         /// One grid per seed (comma-separated).
