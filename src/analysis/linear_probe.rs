@@ -361,14 +361,15 @@ pub fn hub_sources_available(hub: &crate::hub::Hub) -> bool {
     hub.answers(&models.chain([Repo::dataset(crate::hub::CIFAR10)]).collect::<Vec<_>>())
 }
 
-/// Download (or read from the cache) and load every model of [`HUB_SOURCES`] from `hub`.
-pub fn load_hub_sources(hub: &crate::hub::Hub, registry: &crate::hub::ModelRegistry) -> Result<Vec<PretrainedSource>> {
+/// Download (or read from the cache) and load every model of [`HUB_SOURCES`] from `hub` onto
+/// `device` (where [`run_pretrained`] then probes and fine-tunes them).
+pub fn load_hub_sources(hub: &crate::hub::Hub, registry: &crate::hub::ModelRegistry, device: &Device) -> Result<Vec<PretrainedSource>> {
     HUB_SOURCES
         .iter()
         .map(|&(id, top1)| {
             Ok(PretrainedSource {
                 name: id.into(),
-                network: registry.load_network(hub, id, &Device::Cpu)?,
+                network: registry.load_network(hub, id, device)?,
                 source_accuracy: top1,
                 source_test_size: 50_000,
             })

@@ -24,7 +24,7 @@ use crate::hub::{ClipBundle, Preprocess};
 use crate::models::{l2_normalise, Clip, ClipTokenizer};
 use crate::report::{BarChart, Chart, Figure, Outcome};
 use crate::train::{Progress, ProgressMode};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
 /// The CLIP paper's 18 prompt templates for CIFAR-10 (OpenAI's `prompts.md`).
@@ -108,7 +108,7 @@ impl ZeroShotConfig {
 
 /// L2-normalised image embeddings (N, D) of `ds` ([0, 1] images), preprocessed for the model.
 pub fn image_embeddings(clip: &Clip, preprocess: &Preprocess, ds: &Dataset, batch_size: usize, progress: ProgressMode) -> Result<Tensor> {
-    let device = Device::Cpu;
+    let device = clip.device().clone();
     let x = preprocess.apply(ds)?;
     let n = x.len();
     let steps = n.div_ceil(batch_size.max(1));

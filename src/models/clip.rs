@@ -332,6 +332,11 @@ pub struct Clip {
 impl Clip {
     /// Build from `vb` with HF names (`vision_model.*`, `text_model.*`, `visual_projection`,
     /// `text_projection`, `logit_scale`). From a `VarMap`, this makes a trainable model.
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.logit_scale.device()
+    }
+
     pub fn new(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (t, v) = (&config.text_config, &config.vision_config);
@@ -356,13 +361,17 @@ impl Clip {
 
     /// Projected image embeddings (N, projection_dim), not normalised, of preprocessed images.
     pub fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
+        let pixels = pixels.to_device(self.device())?;
+        let pixels = &pixels;
         Ok(self.visual_projection.forward(&self.vision.forward(pixels)?)?)
     }
 
     /// Projected text embeddings (N, projection_dim), not normalised, of token ids (N, T)
     /// from [`super::ClipTokenizer`].
     pub fn text_embeds(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.text_projection.forward(&self.text.forward(ids)?)?)
+        // The tokenizer builds its ids on the CPU; the model may live elsewhere.
+        let ids = ids.to_device(self.device())?;
+        Ok(self.text_projection.forward(&self.text.forward(&ids)?)?)
     }
 
     /// `exp(logit_scale)`, the inverse temperature.
