@@ -143,7 +143,7 @@ impl FrequencyTrigger {
 }
 
 /// The orthonormal DCT-II matrix, row k = frequency k: `basis[k * n + i]`.
-fn dct_basis(n: usize) -> Vec<f64> {
+pub(super) fn dct_basis(n: usize) -> Vec<f64> {
     let mut m = vec![0.0; n * n];
     for k in 0..n {
         let scale = if k == 0 { (1.0 / n as f64).sqrt() } else { (2.0 / n as f64).sqrt() };

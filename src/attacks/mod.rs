@@ -15,6 +15,7 @@ mod adversarial_hardening;
 mod blind_loss;
 pub mod distillation;
 pub mod trojannn;
+pub mod low_frequency;
 
 pub use metrics::{evaluate_backdoor, metrics_figure, metrics_table, triggered_victims, BackdoorMetrics};
 pub use metrics::{defence_effectiveness_rate, defence_table};
@@ -30,4 +31,5 @@ pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
 pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
 pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
 pub use trojannn::{TrojanNnConfig, TrojanNnResult};
+pub use low_frequency::{LowFrequencyConfig, LowFrequencyResult};
 pub use distillation::{DistillVariant, DistillationBackdoorConfig, DistillationBackdoorResult, DistillationConfig};

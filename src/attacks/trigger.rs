@@ -77,6 +77,10 @@ pub enum Trigger {
     /// Floyd-Steinberg error diffusion when `dither` (the paper's default), so that the
     /// quantisation is invisible but its statistics are the trigger.
     ColorDepth { levels: u32, dither: bool },
+    /// A fixed pattern added to the image, x' = clip(x + pattern, 0, 1): Low Frequency's smooth
+    /// universal perturbation (Zeng et al. 2021). `channels` is 1 (the same on every channel)
+    /// or the images' C; `pixels` is channels x H x W.
+    Additive { channels: usize, pixels: Vec<f32> },
 }
 
 impl Trigger {
@@ -192,6 +196,17 @@ impl Trigger {
             }
             Trigger::Frequency(t) => t.validate(shape)?,
             Trigger::Warp(t) => t.validate(shape)?,
+            Trigger::Additive { channels, pixels } => {
+                if *channels != 1 && *channels != c {
+                    return Err(Error::invalid("trigger", format!("additive pattern has {channels} channels, images have {c}")));
+                }
+                if pixels.len() != channels * h * w {
+                    return Err(Error::invalid("trigger", format!("additive pattern has {} values, {} expected for {channels}x{h}x{w}", pixels.len(), channels * h * w)));
+                }
+                if pixels.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::invalid("trigger", "additive pattern has a value that is not finite"));
+                }
+            }
             Trigger::ColorDepth { levels, .. } => {
                 if !(2..=256).contains(levels) {
                     return Err(Error::invalid("colour-depth trigger", format!("{levels} levels per channel; use 2 to 256 (BppAttack: 8)")));
@@ -268,7 +283,7 @@ impl Trigger {
                     *x = (1.0 - alpha) * *x + alpha * p;
                 }
             }
-            Trigger::Sinusoid { .. } | Trigger::Frequency(_) => {
+            Trigger::Sinusoid { .. } | Trigger::Frequency(_) | Trigger::Additive { .. } => {
                 let delta = self.additive_pattern(shape)?.expect("an additive trigger");
                 for (x, d) in image.iter_mut().zip(&delta) {
                     *x = (*x + d).clamp(0.0, 1.0);
@@ -280,7 +295,7 @@ impl Trigger {
         Ok(())
     }
 
-    /// What an additive trigger (SIG, FTrojan) adds to every image before clipping to [0, 1],
+    /// What an additive trigger (SIG, FTrojan, Low Frequency) adds to every image before clipping to [0, 1],
     /// CHW; `None` for patches and blends, which replace pixels rather than add to them.
     pub fn additive_pattern(&self, shape: (usize, usize, usize)) -> Result<Option<Vec<f32>>> {
         let (c, h, w) = shape;
@@ -293,6 +308,10 @@ impl Trigger {
                 Ok(Some((0..c * h).flat_map(|_| row.iter().copied()).collect()))
             }
             Trigger::Frequency(t) => Ok(Some(t.perturbation(shape)?)),
+            Trigger::Additive { channels, pixels } => {
+                self.validate(shape)?;
+                Ok(Some(if *channels == c { pixels.clone() } else { (0..c).flat_map(|_| pixels.iter().copied()).collect() }))
+            }
             _ => Ok(None),
         }
     }
@@ -319,7 +338,7 @@ impl Trigger {
         match self {
             Trigger::Blend { pattern, .. } => img = blend_pixels(pattern, shape),
             // An additive signal shows on mid-grey, where it is not clipped.
-            Trigger::Sinusoid { .. } | Trigger::Frequency(_) => {
+            Trigger::Sinusoid { .. } | Trigger::Frequency(_) | Trigger::Additive { .. } => {
                 img = vec![0.5; img.len()];
                 self.apply(&mut img, shape, None)?;
             }
