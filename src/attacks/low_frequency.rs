@@ -7,7 +7,7 @@
 
 use super::frequency_trigger::dct_basis;
 use super::poisoning::{self, PoisoningAttackConfig, PoisoningAttackResult};
-use super::poison::TargetMode;
+use super::poison::{PoisonConfig, TargetMode};
 use super::trigger::Trigger;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -18,29 +18,27 @@ use crate::train::{train, Progress, ProgressMode};
 use candle_core::{IndexOp, Tensor, Var};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
-/// Low Frequency's settings. Defaults from the authors' code (`Sec5_Smooth_Trigger`:
+/// How Low Frequency fits its trigger. Defaults from the authors' code (`Sec5_Smooth_Trigger`:
 /// `universal_pert.py`, `deepfool.py`, `gauss_smooth.py`): the universal perturbation is fitted
 /// on 100 training images by targeted DeepFool (overshoot 0.02, at most 200 steps per image);
 /// each image's step and the running perturbation pass through a Gaussian low-pass filter of
 /// standard deviation 6 pixels (30 taps, on 32x32 images), and the perturbation is min-max
 /// rescaled into [0, 0.2] after every update; passes over the images stop once 20 % of them
 /// are fooled (the code's `delta = 0.8`), keeping the pass that fooled most; the target follows
-/// the class most fooled images go to, once they are more than 5 %. The poisoning is
-/// BackdoorBench's: 10 % dirty-label, all-to-one, the perturbation added and clipped to [0, 1].
+/// the class most fooled images go to, once they are more than 5 %.
 ///
 /// Deviations: DeepFool steps on logit differences (the authors' TensorFlow graph exposes its
 /// softmax); the passes are capped (`max_passes`; the code loops until the fooling rate is
-/// reached); the attacker's clean model is trained here with the victim's recipe and another
-/// seed (the authors use a model trained beforehand).
+/// reached).
 ///
 /// ```
-/// use transferlab::attacks::low_frequency::LowFrequencyConfig;
-/// let cfg = LowFrequencyConfig::default();
-/// assert_eq!((cfg.fit_images, cfg.fooling_rate, cfg.smoothing_sigma, cfg.amplitude), (100, 0.2, 6.0, 0.2));
-/// assert_eq!(LowFrequencyConfig::scaled_to(8).smoothing_sigma, 1.5);
+/// use transferlab::attacks::low_frequency::LowFrequencyFit;
+/// let fit = LowFrequencyFit::default();
+/// assert_eq!((fit.fit_images, fit.fooling_rate, fit.smoothing_sigma, fit.amplitude), (100, 0.2, 6.0, 0.2));
+/// assert_eq!(LowFrequencyFit::scaled_to(8).smoothing_sigma, 1.5);
 /// ```
-#[derive(Debug, Clone)]
-pub struct LowFrequencyConfig {
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowFrequencyFit {
     /// Training images the universal perturbation is fitted on (the first of a seeded shuffle).
     pub fit_images: usize,
     /// Stop once this fraction of the fitted images changes class under the perturbation.
@@ -63,16 +61,11 @@ pub struct LowFrequencyConfig {
     /// Follow the class most fooled images go to (the authors' code); `false` keeps
     /// `initial_target`.
     pub follow_dominant_class: bool,
-    /// The poisoning and the victim's training; its trigger and target are replaced by the
-    /// fitted ones.
-    pub attack: PoisoningAttackConfig,
-    /// Seeds the choice and order of the fitted images; the attacker's clean model is
-    /// initialised with `attack.model_seed + 1`.
+    /// Seeds the choice and order of the fitted images.
     pub seed: u64,
-    pub progress: ProgressMode,
 }
 
-impl Default for LowFrequencyConfig {
+impl Default for LowFrequencyFit {
     fn default() -> Self {
         Self {
             fit_images: 100,
@@ -85,14 +78,12 @@ impl Default for LowFrequencyConfig {
             amplitude: 0.2,
             initial_target: 0,
             follow_dominant_class: true,
-            attack: PoisoningAttackConfig { name: "LF".into(), ..PoisoningAttackConfig::default() },
             seed: 0,
-            progress: ProgressMode::Hidden,
         }
     }
 }
 
-impl LowFrequencyConfig {
+impl LowFrequencyFit {
     /// The defaults with the filter scaled from 32 pixels to images `width` wide.
     pub fn scaled_to(width: usize) -> Self {
         Self { smoothing_sigma: 6.0 * width as f64 / 32.0, ..Self::default() }
@@ -124,6 +115,38 @@ impl LowFrequencyConfig {
     }
 }
 
+/// Low Frequency end to end: the trigger's fit, and the poisoning with it (BackdoorBench's: 10 %
+/// dirty-label, all-to-one, the perturbation added and clipped to [0, 1]). Deviation: the
+/// attacker's clean model is trained here with the victim's recipe and another seed (the
+/// authors fit on a model trained beforehand).
+///
+/// ```
+/// use transferlab::attacks::low_frequency::LowFrequencyConfig;
+/// let cfg = LowFrequencyConfig::scaled_to(8);
+/// assert_eq!((cfg.fit.smoothing_sigma, cfg.attack.poison.rate), (1.5, 0.1));
+/// ```
+#[derive(Debug, Clone)]
+pub struct LowFrequencyConfig {
+    pub fit: LowFrequencyFit,
+    /// The poisoning and the victim's training; its trigger and target are replaced by the
+    /// fitted ones. The attacker's clean model is initialised with `attack.model_seed + 1`.
+    pub attack: PoisoningAttackConfig,
+    pub progress: ProgressMode,
+}
+
+impl Default for LowFrequencyConfig {
+    fn default() -> Self {
+        Self { fit: LowFrequencyFit::default(), attack: PoisoningAttackConfig { name: "LF".into(), ..PoisoningAttackConfig::default() }, progress: ProgressMode::Hidden }
+    }
+}
+
+impl LowFrequencyConfig {
+    /// The defaults with the filter scaled from 32 pixels to images `width` wide.
+    pub fn scaled_to(width: usize) -> Self {
+        Self { fit: LowFrequencyFit::scaled_to(width), ..Self::default() }
+    }
+}
+
 /// The fitted trigger.
 #[derive(Debug, Clone)]
 pub struct LowFrequencyTrigger {
@@ -134,6 +157,14 @@ pub struct LowFrequencyTrigger {
     /// Fraction of the fitted images whose class the kept perturbation changes.
     pub fooling_rate: f64,
     pub passes: usize,
+}
+
+impl LowFrequencyTrigger {
+    /// Set `poison`'s trigger and all-to-one target to the fitted ones.
+    pub fn arm(&self, poison: &mut PoisonConfig) {
+        poison.trigger = self.trigger.clone();
+        poison.target = TargetMode::AllToOne { target: self.target };
+    }
 }
 
 /// What Low Frequency did.
@@ -239,7 +270,7 @@ fn targeted_deepfool(model: &Inference, image: &Tensor, target: u32, steps: usiz
 
 /// Fit the smooth universal perturbation on `model` (the attacker's clean model) with images
 /// of `data`.
-pub fn fit_trigger(model: &Network, data: &Dataset, cfg: &LowFrequencyConfig) -> Result<LowFrequencyTrigger> {
+pub fn fit_trigger(model: &Network, data: &Dataset, cfg: &LowFrequencyFit, progress: ProgressMode) -> Result<LowFrequencyTrigger> {
     cfg.validate(data)?;
     let shape = data.shape;
     let (c, h, w) = shape;
@@ -254,7 +285,7 @@ pub fn fit_trigger(model: &Network, data: &Dataset, cfg: &LowFrequencyConfig) ->
     let mut v = vec![0f32; c * h * w];
     let mut target = cfg.initial_target;
     let mut best: Option<(f64, Vec<f32>, u32)> = None;
-    let progress = Progress::new("LF universal perturbation", (cfg.max_passes * cfg.fit_images) as u64, cfg.progress);
+    let progress = Progress::new("LF universal perturbation", (cfg.max_passes * cfg.fit_images) as u64, progress);
     let mut passes = 0;
     for pass in 0..cfg.max_passes {
         passes = pass + 1;
@@ -350,15 +381,14 @@ pub fn high_frequency_share(trigger: &Trigger, shape: (usize, usize, usize)) -> 
 /// # Ok::<(), transferlab::Error>(())
 /// ```
 pub fn run(train_set: &Dataset, test: &Dataset, cfg: &LowFrequencyConfig) -> Result<LowFrequencyResult> {
-    cfg.validate(train_set)?;
+    cfg.fit.validate(train_set)?;
     let device = cfg.attack.device.clone();
     let spec = crate::models::ModelSpec::new(cfg.attack.arch.clone(), train_set.shape, train_set.num_classes())?;
     let mut own = Network::new(&spec, cfg.attack.model_seed.wrapping_add(1), &device)?;
     train(&mut own, train_set, None, &cfg.attack.train)?;
-    let fitted = fit_trigger(&own, train_set, cfg)?;
+    let fitted = fit_trigger(&own, train_set, &cfg.fit, cfg.progress)?;
     let mut attack = cfg.attack.clone();
-    attack.poison.trigger = fitted.trigger.clone();
-    attack.poison.target = TargetMode::AllToOne { target: fitted.target };
+    fitted.arm(&mut attack.poison);
     let high_frequency_share = high_frequency_share(&fitted.trigger, train_set.shape)?;
     Ok(LowFrequencyResult { attack: poisoning::run(train_set, test, &attack)?, fitted, high_frequency_share })
 }

@@ -31,5 +31,5 @@ pub use watermark::{Removal, WatermarkConfig, WatermarkResult};
 pub use architectural::{ArchitecturalBackdoorConfig, ArchitecturalBackdoorResult};
 pub use hidden_trigger::{HiddenTriggerConfig, HiddenTriggerResult};
 pub use trojannn::{TrojanNnConfig, TrojanNnResult};
-pub use low_frequency::{LowFrequencyConfig, LowFrequencyResult};
+pub use low_frequency::{LowFrequencyConfig, LowFrequencyFit, LowFrequencyResult};
 pub use distillation::{DistillVariant, DistillationBackdoorConfig, DistillationBackdoorResult, DistillationConfig};

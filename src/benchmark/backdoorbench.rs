@@ -12,6 +12,7 @@
 //! cluster ([`crate::benchmark::grid`]).
 
 use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, BackdoorMetrics, BlindLoss, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
+use crate::attacks::low_frequency::{self, LowFrequencyFit};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
@@ -43,13 +44,16 @@ pub struct BenchAttack {
     pub hardening: Option<AdversarialHardening>,
     /// Blind backdoors' compromised training loss (no sample poisoned).
     pub blind: Option<BlindLoss>,
+    /// Low Frequency's trigger, fitted on the grid's clean model of the same seed; it replaces
+    /// `poison`'s trigger and target.
+    pub low_frequency: Option<LowFrequencyFit>,
 }
 
 impl BenchAttack {
     /// BackdoorBench's BadNets: a 3x3 white patch in the bottom-right corner, 10 % of the
     /// training set relabelled to class 0.
     pub fn badnets() -> Self {
-        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None, blind: None }
+        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None, blind: None, low_frequency: None }
     }
 
     /// BackdoorBench's Blended: a full-image pattern blended at alpha 0.2, 10 %, target 0.
@@ -57,31 +61,31 @@ impl BenchAttack {
     /// (Chen et al.'s other pattern), which ships with no image licence.
     pub fn blended() -> Self {
         let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
-        Self { name: "blended".into(), poison, hardening: None, blind: None }
+        Self { name: "blended".into(), poison, hardening: None, blind: None, low_frequency: None }
     }
 
     /// SIG (Barni et al. 2019) as BackdoorBench runs it: the sinusoid (delta 40/255, f = 6) on
     /// 10 % of the training set, clean-label (every target-class image of CIFAR-10), target 0.
     pub fn sig() -> Self {
-        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None, blind: None }
+        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None, blind: None, low_frequency: None }
     }
 
     /// FTrojan (Wang et al. 2022) with BackdoorBench's `ftrojann` defaults: the frequency
     /// trigger in the chrominance channels, 10 % dirty-label to class 0.
     pub fn ftrojan() -> Self {
-        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None, blind: None }
+        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None, blind: None, low_frequency: None }
     }
 
     /// WaNet (Nguyen & Tran 2021) in its poison-only form ([`PoisoningAttackConfig::wanet`]):
     /// the k = 4, s = 0.5 warp on 10 % of the training set, dirty-label to class 0.
     pub fn wanet() -> Self {
-        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None, blind: None }
+        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None, blind: None, low_frequency: None }
     }
 
     /// BppAttack (Wang et al. 2022) in its poison-only form ([`PoisoningAttackConfig::bpp`]):
     /// 3-bit dithered colour depth on 10 %, dirty-label to class 0.
     pub fn bpp() -> Self {
-        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None, blind: None }
+        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None, blind: None, low_frequency: None }
     }
 
     /// Label-consistent (Turner et al. 2019) as BackdoorBench runs it: 10 % of the training set
@@ -91,7 +95,7 @@ impl BenchAttack {
     /// Deviation: BackdoorBench's surrogate is an adversarially trained ResNet-18.
     pub fn lc() -> Self {
         let cfg = PoisoningAttackConfig::label_consistent();
-        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening, blind: None }
+        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening, blind: None, low_frequency: None }
     }
 
     /// Blind backdoors (Bagdasaryan & Shmatikov 2021) as BackdoorBench runs them: no sample
@@ -99,17 +103,28 @@ impl BenchAttack {
     /// 5x3 pattern at row 3, column 23, target 0, MGDA from epoch 3 on).
     pub fn blind() -> Self {
         let cfg = PoisoningAttackConfig::blind();
-        Self { name: "blind".into(), poison: cfg.poison, hardening: None, blind: cfg.blind }
+        Self { name: "blind".into(), poison: cfg.poison, hardening: None, blind: cfg.blind, low_frequency: None }
+    }
+
+    /// Low Frequency (Zeng et al. 2021) as BackdoorBench runs it: 10 % of the training set
+    /// relabelled, all-to-one, carrying a smooth universal adversarial perturbation fitted on
+    /// the seed's clean model with the authors' defaults ([`LowFrequencyFit`]); the target is
+    /// the class the perturbation pushes images to, starting from class 0. Deviation:
+    /// BackdoorBench ships a perturbation fitted once on its own clean model.
+    pub fn lf() -> Self {
+        // The trigger and target here are placeholders until the fit replaces them.
+        let poison = PoisonConfig { trigger: Trigger::Additive { channels: 1, pixels: Vec::new() }, ..PoisonConfig::badnets(3, 0.1, 0) };
+        Self { name: "lf".into(), poison, hardening: None, blind: None, low_frequency: Some(LowFrequencyFit::default()) }
     }
 
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
-        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None, blind: None }
+        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None, blind: None, low_frequency: None }
     }
 
     /// Every attack's name, as [`Self::by_name`] takes it.
-    pub const NAMES: [&'static str; 9] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "lc", "blind", "clean"];
+    pub const NAMES: [&'static str; 10] = ["badnets", "blended", "sig", "ftrojan", "wanet", "bpp", "lc", "blind", "lf", "clean"];
 
     /// The attack called `name` (see [`Self::NAMES`]) with BackdoorBench's settings.
     ///
@@ -128,6 +143,7 @@ impl BenchAttack {
             "bpp" => Self::bpp(),
             "lc" => Self::lc(),
             "blind" => Self::blind(),
+            "lf" => Self::lf(),
             "clean" => Self::clean(),
             other => return Err(Error::invalid("attack", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
         })
@@ -461,7 +477,7 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}|defender={}|seed={}",
+            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
             crate::train::NUMERICS_VERSION,
             self.dataset,
@@ -474,6 +490,7 @@ impl BackdoorBenchConfig {
             // Only hardened attacks add to the text, so other models keep their file names.
             attack.hardening.as_ref().map_or(String::new(), |h| format!("|hardening={h:?}")),
             attack.blind.as_ref().map_or(String::new(), |b| format!("|blind={b:?}")),
+            attack.low_frequency.as_ref().map_or(String::new(), |f| format!("|low_frequency={f:?}")),
             self.defender_fraction,
             self.seed()
         )
@@ -748,12 +765,18 @@ impl BackdoorBenchConfig {
 
     /// `attack`'s poisoned training set and the probe that scores it (one seed's configuration).
     fn attack_inputs(&self, attack: &BenchAttack, train_set: &Dataset, test_set: &Dataset) -> Result<(Dataset, BackdoorProbe)> {
-        let cfg = PoisonConfig { seed: self.seed(), ..attack.poison.clone() };
+        let mut cfg = PoisonConfig { seed: self.seed(), ..attack.poison.clone() };
+        if let Some(fit) = &attack.low_frequency {
+            // Refitted on every call: the clean model is on disk and the fit is seeded, so a
+            // resumed task gets the trigger its model was trained with.
+            let fit = LowFrequencyFit { seed: self.seed(), ..fit.clone() };
+            low_frequency::fit_trigger(&self.clean_model(train_set, test_set)?, train_set, &fit, self.progress)?.arm(&mut cfg);
+        }
         let poisoned = match &attack.hardening {
             None => poison(train_set, &cfg)?,
             Some(h) => h.poison(train_set, &cfg, &self.clean_model(train_set, test_set)?)?,
         };
-        Ok((poisoned, BackdoorProbe::new(test_set.clone(), attack.poison.trigger.clone(), attack.poison.target)))
+        Ok((poisoned, BackdoorProbe::new(test_set.clone(), cfg.trigger, cfg.target)))
     }
 }
 

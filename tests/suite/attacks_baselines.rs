@@ -368,7 +368,8 @@ fn trojannn_trigger_excites_its_neurons_and_implants_with_little_retraining() {
 /// after the 10 passes (the paper aims at 20 % on CIFAR-10): as a trigger it needs no more.
 #[test]
 fn low_frequency_trigger_is_smooth_and_implants() {
-    use transferlab::attacks::low_frequency::{self, high_frequency_share, LowFrequencyConfig};
+    use transferlab::attacks::low_frequency::{self, high_frequency_share, LowFrequencyConfig, LowFrequencyFit};
+    use transferlab::train::ProgressMode;
     let (train, test) = data();
     let cfg = LowFrequencyConfig { attack: quick(LowFrequencyConfig::default().attack, 10), ..LowFrequencyConfig::scaled_to(8) };
     let r = low_frequency::run(&train, &test, &cfg).unwrap();
@@ -383,12 +384,13 @@ fn low_frequency_trigger_is_smooth_and_implants() {
     let spec = transferlab::models::ModelSpec::new(cfg.attack.arch.clone(), train.shape, 10).unwrap();
     let mut own = transferlab::models::Network::new(&spec, 1, &candle_core::Device::Cpu).unwrap();
     transferlab::train::train(&mut own, &train, None, &cfg.attack.train).unwrap();
-    let rough = low_frequency::fit_trigger(&own, &train, &LowFrequencyConfig { smooth: false, ..cfg.clone() }).unwrap();
+    let rough_fit = LowFrequencyFit { smooth: false, ..cfg.fit.clone() };
+    let rough = low_frequency::fit_trigger(&own, &train, &rough_fit, ProgressMode::Hidden).unwrap();
     let rough_share = high_frequency_share(&rough.trigger, train.shape).unwrap();
     println!("high-frequency share: BadNets {badnets:.3}, unsmoothed {rough_share:.3}");
     assert!(r.high_frequency_share < 0.05 && badnets > 0.1 && rough_share > 3.0 * r.high_frequency_share, "LF {} BadNets {badnets} unsmoothed {rough_share}", r.high_frequency_share);
-    let again = low_frequency::fit_trigger(&own, &train, &LowFrequencyConfig { smooth: false, ..cfg.clone() }).unwrap();
+    let again = low_frequency::fit_trigger(&own, &train, &rough_fit, ProgressMode::Hidden).unwrap();
     assert_eq!((again.trigger, again.target), (rough.trigger, rough.target), "seeded: bit-identical");
-    let e = low_frequency::fit_trigger(&own, &train, &LowFrequencyConfig { fit_images: 0, ..cfg }).unwrap_err().to_string();
+    let e = low_frequency::fit_trigger(&own, &train, &LowFrequencyFit { fit_images: 0, ..cfg.fit }, ProgressMode::Hidden).unwrap_err().to_string();
     assert!(e.contains("fit_images"), "{e}");
 }

@@ -3,6 +3,7 @@
 //! are written. Needs CIFAR-10 by its hub id (`just test` serves it offline).
 
 use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack, BenchDefence, CellStatus};
+use transferlab::attacks::{TargetMode, Trigger};
 use transferlab::defenses::FstConfig;
 use transferlab::report::Outcome;
 use transferlab::train::{LrSchedule, ProgressMode};
@@ -84,9 +85,10 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
 
 /// The label-consistent attack in the grid: its surrogate is the seed's clean model, trained
 /// once under the clean task's name (the `clean` attack reuses it), and its poisons are the
-/// hardened originals with the four-corner trigger.
+/// hardened originals with the four-corner trigger. Low Frequency fits its trigger on the same
+/// clean model.
 #[test]
-fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
+fn label_consistent_and_low_frequency_cells_use_the_seeds_clean_model() {
     if std::env::var("TLAB_CIFAR_HUB").is_err() {
         eprintln!("skipped: CIFAR-10 is not served (run through tests/with_cifar_hub.sh, as `just test` does)");
         return;
@@ -97,7 +99,7 @@ fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
         train_per_class: Some(20),
         test_per_class: Some(10),
         model: "resnet8".into(),
-        attacks: vec![BenchAttack::by_name("lc").unwrap(), BenchAttack::clean()],
+        attacks: vec![BenchAttack::by_name("lc").unwrap(), BenchAttack::clean(), BenchAttack::by_name("lf").unwrap()],
         defences: vec![],
         out_dir: out_dir.clone(),
         progress: ProgressMode::Hidden,
@@ -106,10 +108,11 @@ fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
     .with_epochs(2);
     cfg.train.batch_size = 32;
     cfg.attacks[0].hardening.as_mut().unwrap().steps = 10;
+    cfg.attacks[2].low_frequency.as_mut().unwrap().max_passes = 2;
     let r = backdoorbench::run(&cfg).unwrap();
     assert!(r.cells.iter().all(|c| c.status == CellStatus::Done), "{:?}", r.cells);
     // The clean model was trained for the surrogate; the clean task found it on disk.
-    assert_eq!(r.histories.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["lc"]);
+    assert_eq!(r.histories.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["lc", "lf"]);
     let clean_models = std::fs::read_dir(out_dir.join("models")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("clean-seed0") && e.path().extension().is_some_and(|x| x == "safetensors")).count();
     assert_eq!(clean_models, 1);
     let cell = cfg.attack_cell(&cfg.attacks[0]).unwrap();
@@ -122,6 +125,16 @@ fn label_consistent_cells_harden_their_poisons_on_the_seeds_clean_model() {
     let centre = |img: &[f32]| (0..c).flat_map(move |ch| (4..h - 4).flat_map(move |y| (4..w - 4).map(move |x| (ch * h + y) * w + x))).map(|k| img[k]).collect::<Vec<f32>>();
     let moved = flagged.iter().map(|&i| centre(cell.poisoned.image(i)).iter().zip(centre(clean_set.image(i))).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)).fold(0f32, f32::max);
     assert!(moved > 0.0 && moved <= 8.5 / 255.0 + 1e-6, "largest change {moved}");
+    // Low Frequency: its trigger fitted on the same clean model, one smooth additive pattern
+    // in [0, 0.2] on 10 % of the images, relabelled to the fitted target; the probe carries it.
+    let lf = cfg.attack_cell(&cfg.attacks[2]).unwrap();
+    let Trigger::Additive { pixels, .. } = &lf.probe.trigger else { panic!("the probe carries the fitted trigger: {:?}", lf.probe.trigger) };
+    assert!(pixels.iter().all(|v| (0.0..=0.2 + 1e-6).contains(v)) && pixels.iter().any(|&v| v > 0.1));
+    let TargetMode::AllToOne { target } = lf.probe.target else { panic!("all-to-one") };
+    let lf_flagged: Vec<usize> = lf.poisoned.poisoned_flags().iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
+    assert_eq!(lf_flagged.len(), 20);
+    assert!(lf_flagged.iter().all(|&i| lf.poisoned.labels[i] == target));
+    assert_eq!(lf.probe.trigger, cfg.attack_cell(&cfg.attacks[2]).unwrap().probe.trigger, "refitted identically");
     std::fs::remove_dir_all(&out_dir).ok();
 }
 

@@ -143,7 +143,7 @@ enum Command {
         train_per_class: Option<usize>,
         #[arg(long)]
         test_per_class: Option<usize>,
-        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, lc, blind, clean).
+        /// Only these attacks (comma-separated: badnets, blended, sig, ftrojan, wanet, bpp, lc, blind, lf, clean).
         #[arg(long, default_value = "badnets,blended")]
         attacks: String,
         /// Only these defences (comma-separated: ft, fp, nc, clp, fst, abl; also ft-sam, nad, rnp, anp, i-bau, sau, strip, spectral, ac).
