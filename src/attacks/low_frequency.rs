@@ -239,19 +239,21 @@ fn rescale(v: &mut [f32], amplitude: f32) {
     }
 }
 
-/// Targeted DeepFool on one image (1, C, H, W): the accumulated step (times 1 + overshoot)
-/// that moves the model's logit of `target` above that of the image's original class, or
-/// `None` if it did not get there within `steps`.
-fn targeted_deepfool(model: &Inference, image: &Tensor, target: u32, steps: usize, overshoot: f64) -> Result<Option<Tensor>> {
-    let original = model.forward(image)?.argmax(1)?.to_vec1::<u32>()?[0];
+/// Targeted DeepFool on one image (1, C, H, W) that `model` puts in class `original`: the
+/// accumulated step (times 1 + overshoot) that moves the model's logit of `target` above that
+/// of `original`, or `None` if it did not get there within `steps`.
+fn targeted_deepfool(model: &Inference, image: &Tensor, original: u32, target: u32, steps: usize, overshoot: f64) -> Result<Option<Tensor>> {
     let mut total = image.zeros_like()?;
-    let mut current = original;
-    for _ in 0..steps {
-        if current == target {
-            return Ok(Some((total * (1.0 + overshoot))?));
-        }
+    // One forward per step: its logits give both the class reached and the next step.
+    for step in 0..=steps {
         let x = Var::from_tensor(&(image + (&total * (1.0 + overshoot))?)?)?;
         let logits = model.forward(x.as_tensor())?;
+        if logits.argmax(1)?.to_vec1::<u32>()?[0] == target {
+            return Ok(Some((total * (1.0 + overshoot))?));
+        }
+        if step == steps {
+            break;
+        }
         let gap = (logits.i((0, target as usize))? - logits.i((0, original as usize))?)?;
         let gap_value = gap.to_scalar::<f32>()? as f64;
         let grad = match gap.backward()?.get(x.as_tensor()) {
@@ -263,9 +265,8 @@ fn targeted_deepfool(model: &Inference, image: &Tensor, target: u32, steps: usiz
             return Ok(None);
         }
         total = (total + (grad * (gap_value.abs() / norm_sq))?)?;
-        current = model.forward(&(image + (&total * (1.0 + overshoot))?)?)?.argmax(1)?.to_vec1::<u32>()?[0];
     }
-    Ok(if current == target { Some((total * (1.0 + overshoot))?) } else { None })
+    Ok(None)
 }
 
 /// Fit the smooth universal perturbation on `model` (the attacker's clean model) with images
@@ -296,7 +297,7 @@ pub fn fit_trigger(model: &Network, data: &Dataset, cfg: &LowFrequencyFit, progr
             let perturbed = x.broadcast_add(&delta)?;
             let now = eval.forward(&perturbed)?.argmax(1)?.to_vec1::<u32>()?[0];
             if now == original[k] {
-                if let Some(step) = targeted_deepfool(&eval, &perturbed, target, cfg.deepfool_steps, cfg.overshoot)? {
+                if let Some(step) = targeted_deepfool(&eval, &perturbed, now, target, cfg.deepfool_steps, cfg.overshoot)? {
                     let step: Vec<f32> = step.flatten_all()?.to_vec1()?;
                     let step = smooth(&step);
                     let sum: Vec<f32> = v.iter().zip(&step).map(|(a, b)| a + b).collect();

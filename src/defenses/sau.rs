@@ -14,7 +14,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Inference, Network};
 use crate::report::{Figure, Outcome};
-use crate::train::{cross_entropy, Optimizer, OptimizerConfig, Progress, ProgressMode};
+use crate::train::{cross_entropy, per_sample_cross_entropy, Optimizer, OptimizerConfig, Progress, ProgressMode};
 use candle_core::{Device, Tensor, Var, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 
@@ -161,15 +161,10 @@ fn one_hot(labels: &[u32], classes: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (labels.len(), classes), device)?)
 }
 
-/// Per-image cross-entropy (N,) against a one-hot (N, classes).
-fn per_image_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::log_softmax(logits, D::Minus1)?.mul(targets)?.sum(D::Minus1)?.neg()?)
-}
-
 /// The shared adversarial perturbations (N, C, H, W) of one batch: PGD on
 /// beta_1 * (minus the cross-entropy of the images neither model is fooled on yet) + beta_2 *
 /// (the models' Jensen-Shannon divergence on the images not yet shared), in the L-inf ball.
-fn shared_perturbation(purified: &Inference, reference: &Inference, x: &Tensor, targets: &Tensor, cfg: &SauConfig) -> Result<Tensor> {
+fn shared_perturbation(purified: &Inference, reference: &Inference, x: &Tensor, y: &Tensor, cfg: &SauConfig) -> Result<Tensor> {
     let n = x.dim(0)? as f64;
     let device = x.device();
     let (original, original_ref) = (predictions(&purified.forward(x)?)?, predictions(&reference.forward(x)?)?);
@@ -185,8 +180,8 @@ fn shared_perturbation(purified: &Inference, reference: &Inference, x: &Tensor, 
         let shared: Vec<bool> = (0..label.len()).map(|i| fooled[i] && fooled_ref[i] && label[i] == label_ref[i]).collect();
         let unfooled = indicator(fooled.iter().map(|f| !f), device)?;
         let unfooled_ref = indicator(fooled_ref.iter().map(|f| !f), device)?;
-        let adversarial = ((per_image_cross_entropy(&logits, targets)?.mul(&unfooled)?.sum_all()?
-            + per_image_cross_entropy(&logits_ref, targets)?.mul(&unfooled_ref)?.sum_all()?)?
+        let adversarial = ((per_sample_cross_entropy(&logits, y)?.mul(&unfooled)?.sum_all()?
+            + per_sample_cross_entropy(&logits_ref, y)?.mul(&unfooled_ref)?.sum_all()?)?
             * (-0.5 / n))?;
         let p = candle_nn::ops::softmax(&logits, D::Minus1)?.clamp(1e-8, 1.0)?;
         let q = candle_nn::ops::softmax(&logits_ref, D::Minus1)?.clamp(1e-8, 1.0)?;
@@ -241,8 +236,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &SauConfi
             let labels = y.to_vec1::<u32>()?;
             let mut loss = (cross_entropy(&model.forward(&x, false)?, &y, 0.0)? * cfg.clean_weight)?;
             if cfg.needs_perturbation() {
-                let targets = one_hot(&labels, classes, x.device())?;
-                let delta = shared_perturbation(&purified, &reference, &x, &targets, cfg)?;
+                let delta = shared_perturbation(&purified, &reference, &x, &y, cfg)?;
                 let perturbed = (&x + &delta)?;
                 let logits = model.forward(&perturbed, false)?;
                 let (clean_ref, perturbed_ref) = (predictions(&reference.forward(&x)?)?, predictions(&reference.forward(&perturbed)?)?);
@@ -284,11 +278,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_hot_and_per_image_cross_entropy_agree_with_the_mean_loss() {
+    fn one_hot_rows_pick_the_label_and_per_sample_cross_entropy_agrees_with_the_mean_loss() {
         let device = Device::Cpu;
         let logits = Tensor::new(&[[2.0f32, 0.5, -1.0], [0.0, 0.0, 3.0]], &device).unwrap();
         let labels = [0u32, 1];
-        let per = per_image_cross_entropy(&logits, &one_hot(&labels, 3, &device).unwrap()).unwrap();
+        assert_eq!(one_hot(&labels, 3, &device).unwrap().to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]]);
+        let per = per_sample_cross_entropy(&logits, &Tensor::new(&labels, &device).unwrap()).unwrap();
         let mean = cross_entropy(&logits, &Tensor::new(&labels, &device).unwrap(), 0.0).unwrap().to_scalar::<f32>().unwrap();
         let per = per.to_vec1::<f32>().unwrap();
         assert!(((per[0] + per[1]) / 2.0 - mean).abs() < 1e-5, "{per:?} vs {mean}");
