@@ -13,6 +13,7 @@
 
 use crate::attacks::{defence_effectiveness_rate, poison, AdversarialHardening, BackdoorMetrics, BlindLoss, PoisonConfig, PoisoningAttackConfig, TargetMode, Trigger};
 use crate::attacks::low_frequency::{self, LowFrequencyFit};
+use crate::attacks::poisoning::train_on_poisoned;
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::defenses::detection::{activation_clustering, spectral_signatures, strip, ActivationClusteringConfig, DetectionMetrics, SpectralSignaturesConfig, StripConfig};
@@ -44,6 +45,10 @@ pub struct BenchAttack {
     pub hardening: Option<AdversarialHardening>,
     /// Blind backdoors' compromised training loss (no sample poisoned).
     pub blind: Option<BlindLoss>,
+    /// WaNet's noise mode ([`PoisoningAttackConfig::noise_mode`]).
+    pub noise_mode: Option<f64>,
+    /// BppAttack's negative samples ([`PoisoningAttackConfig::negatives`]).
+    pub negatives: Option<f64>,
     /// Low Frequency's trigger, fitted on the grid's clean model of the same seed; it replaces
     /// `poison`'s trigger and target.
     pub low_frequency: Option<LowFrequencyFit>,
@@ -53,7 +58,12 @@ impl BenchAttack {
     /// BackdoorBench's BadNets: a 3x3 white patch in the bottom-right corner, 10 % of the
     /// training set relabelled to class 0.
     pub fn badnets() -> Self {
-        Self { name: "badnets".into(), poison: PoisonConfig::badnets(3, 0.1, 0), hardening: None, blind: None, low_frequency: None }
+        Self::poison_only("badnets", PoisonConfig::badnets(3, 0.1, 0))
+    }
+
+    /// An attack that only poisons the training set: no hardening, no training-time addition.
+    fn poison_only(name: &str, poison: PoisonConfig) -> Self {
+        Self { name: name.into(), poison, hardening: None, blind: None, noise_mode: None, negatives: None, low_frequency: None }
     }
 
     /// BackdoorBench's Blended: a full-image pattern blended at alpha 0.2, 10 %, target 0.
@@ -61,31 +71,34 @@ impl BenchAttack {
     /// (Chen et al.'s other pattern), which ships with no image licence.
     pub fn blended() -> Self {
         let poison = PoisonConfig { trigger: Trigger::blend_noise(0, 0.2), rate: 0.1, target: TargetMode::AllToOne { target: 0 }, clean_label: false, seed: 0 };
-        Self { name: "blended".into(), poison, hardening: None, blind: None, low_frequency: None }
+        Self::poison_only("blended", poison)
     }
 
     /// SIG (Barni et al. 2019) as BackdoorBench runs it: the sinusoid (delta 40/255, f = 6) on
     /// 10 % of the training set, clean-label (every target-class image of CIFAR-10), target 0.
     pub fn sig() -> Self {
-        Self { name: "sig".into(), poison: PoisoningAttackConfig::sig().poison, hardening: None, blind: None, low_frequency: None }
+        Self::poison_only("sig", PoisoningAttackConfig::sig().poison)
     }
 
     /// FTrojan (Wang et al. 2022) with BackdoorBench's `ftrojann` defaults: the frequency
     /// trigger in the chrominance channels, 10 % dirty-label to class 0.
     pub fn ftrojan() -> Self {
-        Self { name: "ftrojan".into(), poison: PoisoningAttackConfig::ftrojan().poison, hardening: None, blind: None, low_frequency: None }
+        Self::poison_only("ftrojan", PoisoningAttackConfig::ftrojan().poison)
     }
 
-    /// WaNet (Nguyen & Tran 2021) in its poison-only form ([`PoisoningAttackConfig::wanet`]):
-    /// the k = 4, s = 0.5 warp on 10 % of the training set, dirty-label to class 0.
+    /// WaNet (Nguyen & Tran 2021, [`PoisoningAttackConfig::wanet`]): the k = 4, s = 0.5 warp on
+    /// 10 % of the training set, dirty-label to class 0, with its noise-mode samples (cross
+    /// ratio 2).
     pub fn wanet() -> Self {
-        Self { name: "wanet".into(), poison: PoisoningAttackConfig::wanet().poison, hardening: None, blind: None, low_frequency: None }
+        let cfg = PoisoningAttackConfig::wanet();
+        Self { noise_mode: cfg.noise_mode, ..Self::poison_only("wanet", cfg.poison) }
     }
 
-    /// BppAttack (Wang et al. 2022) in its poison-only form ([`PoisoningAttackConfig::bpp`]):
-    /// 3-bit dithered colour depth on 10 %, dirty-label to class 0.
+    /// BppAttack (Wang et al. 2022, [`PoisoningAttackConfig::bpp`]): 3-bit dithered colour depth
+    /// on 10 %, dirty-label to class 0, with its negative samples (10 % of every batch).
     pub fn bpp() -> Self {
-        Self { name: "bpp".into(), poison: PoisoningAttackConfig::bpp().poison, hardening: None, blind: None, low_frequency: None }
+        let cfg = PoisoningAttackConfig::bpp();
+        Self { negatives: cfg.negatives, ..Self::poison_only("bpp", cfg.poison) }
     }
 
     /// Label-consistent (Turner et al. 2019) as BackdoorBench runs it: 10 % of the training set
@@ -95,7 +108,7 @@ impl BenchAttack {
     /// Deviation: BackdoorBench's surrogate is an adversarially trained ResNet-18.
     pub fn lc() -> Self {
         let cfg = PoisoningAttackConfig::label_consistent();
-        Self { name: "lc".into(), poison: PoisonConfig { rate: 0.1, ..cfg.poison }, hardening: cfg.hardening, blind: None, low_frequency: None }
+        Self { hardening: cfg.hardening, ..Self::poison_only("lc", PoisonConfig { rate: 0.1, ..cfg.poison }) }
     }
 
     /// Blind backdoors (Bagdasaryan & Shmatikov 2021) as BackdoorBench runs them: no sample
@@ -103,7 +116,7 @@ impl BenchAttack {
     /// 5x3 pattern at row 3, column 23, target 0, MGDA from epoch 3 on).
     pub fn blind() -> Self {
         let cfg = PoisoningAttackConfig::blind();
-        Self { name: "blind".into(), poison: cfg.poison, hardening: None, blind: cfg.blind, low_frequency: None }
+        Self { blind: cfg.blind, ..Self::poison_only("blind", cfg.poison) }
     }
 
     /// Low Frequency (Zeng et al. 2021) as BackdoorBench runs it: 10 % of the training set
@@ -114,13 +127,13 @@ impl BenchAttack {
     pub fn lf() -> Self {
         // The trigger and target here are placeholders until the fit replaces them.
         let poison = PoisonConfig { trigger: Trigger::Additive { channels: 1, pixels: Vec::new() }, ..PoisonConfig::badnets(3, 0.1, 0) };
-        Self { name: "lf".into(), poison, hardening: None, blind: None, low_frequency: Some(LowFrequencyFit::default()) }
+        Self { low_frequency: Some(LowFrequencyFit::default()), ..Self::poison_only("lf", poison) }
     }
 
     /// No poisoning: the clean reference model, probed with BadNets' trigger (its "ASR" is how
     /// often a clean model sends a patched image to class 0 anyway). Defences are not run on it.
     pub fn clean() -> Self {
-        Self { name: "clean".into(), poison: PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) }, hardening: None, blind: None, low_frequency: None }
+        Self::poison_only("clean", PoisonConfig { rate: 0.0, ..PoisonConfig::badnets(3, 0.1, 0) })
     }
 
     /// Every attack's name, as [`Self::by_name`] takes it.
@@ -147,6 +160,18 @@ impl BenchAttack {
             "clean" => Self::clean(),
             other => return Err(Error::invalid("attack", format!("{other:?}; use one of {}", Self::NAMES.join(", ")))),
         })
+    }
+
+    /// What the victim's training adds (Blind's loss, WaNet's noise mode, BppAttack's
+    /// negatives), as the poisoning runner takes it.
+    fn training(&self) -> PoisoningAttackConfig {
+        PoisoningAttackConfig {
+            poison: self.poison.clone(),
+            noise_mode: self.noise_mode,
+            negatives: self.negatives,
+            blind: self.blind.clone(),
+            ..PoisoningAttackConfig::default()
+        }
     }
 
     fn is_clean(&self) -> bool {
@@ -445,6 +470,10 @@ impl BackdoorBenchConfig {
         if names.len() != self.attacks.len() {
             return Err(Error::invalid("benchmark", "two attacks share a name; give each a distinct name"));
         }
+        // Before hours of training: an attack whose training-time addition cannot run says so now.
+        for attack in &self.attacks {
+            attack.training().validate_training().map_err(|e| Error::invalid("benchmark", format!("attack {:?}: {e}", attack.name)))?;
+        }
         Ok(())
     }
 
@@ -477,7 +506,7 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}{}|defender={}|seed={}",
+            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}{}{}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
             crate::train::NUMERICS_VERSION,
             self.dataset,
@@ -490,6 +519,8 @@ impl BackdoorBenchConfig {
             // Only hardened attacks add to the text, so other models keep their file names.
             attack.hardening.as_ref().map_or(String::new(), |h| format!("|hardening={h:?}")),
             attack.blind.as_ref().map_or(String::new(), |b| format!("|blind={b:?}")),
+            attack.noise_mode.map_or(String::new(), |r| format!("|noise_mode={r:?}")),
+            attack.negatives.map_or(String::new(), |r| format!("|negatives={r:?}")),
             attack.low_frequency.as_ref().map_or(String::new(), |f| format!("|low_frequency={f:?}")),
             self.defender_fraction,
             self.seed()
@@ -889,10 +920,7 @@ fn train_or_load(cfg: &BackdoorBenchConfig, attack: &BenchAttack, poisoned: &Dat
     let mut net = Network::new(&spec, cfg.seed(), &cfg.device)?;
     let checkpoint = cfg.model_path(attack, "ckpt");
     let tc = TrainConfig { checkpoint: Some(checkpoint.clone()), seed: cfg.seed(), progress: cfg.progress, ..cfg.train.clone() };
-    let history = match &attack.blind {
-        Some(blind) => blind.train_victim(&mut net, poisoned, Some(test), &tc, &attack.poison.trigger, attack.poison.target)?,
-        None => train(&mut net, poisoned, Some(test), &tc)?,
-    };
+    let history = train_on_poisoned(&mut net, poisoned, Some(test), &tc, &attack.training())?;
     net.save(&weights)?;
     crate::report::save_table(&history.to_dataframe()?, cfg.model_path(attack, "history.csv"))?;
     // The weights file now stands for the finished run; the checkpoint is no longer needed.

@@ -37,6 +37,10 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
 
     let e = cfg.attack_cell(&cfg.attacks[0]).unwrap_err().to_string();
     assert!(e.contains("not trained yet"), "{e}");
+    let mismatched = BenchAttack { name: "badnets-negatives".into(), negatives: Some(0.1), ..BenchAttack::badnets() };
+    let e = backdoorbench::run(&BackdoorBenchConfig { attacks: vec![mismatched], ..cfg.clone() }).unwrap_err().to_string();
+    assert!(e.contains("badnets-negatives") && e.contains("colour-depth"), "refused before any training: {e}");
+    assert!(!out_dir.join("table.csv").exists(), "nothing written for a refused configuration");
     let first = backdoorbench::run(&cfg).unwrap();
     assert_eq!(first.cells.len(), 2 * 4, "2 seeds x (none + 3 defences)");
     assert!(first.cells.iter().all(|c| c.status == CellStatus::Done), "{:?}", first.cells);
