@@ -3,6 +3,49 @@
 //! What a trained model carries with it (accuracy, bias, backdoors) through transfer learning,
 //! fine-tuning, distillation, pruning and updates: data, models, training, attacks, defences
 //! and analyses on candle, results as polars DataFrames, figures with plotters.
+//!
+//! # The shape of a method
+//!
+//! Every attack, defence and analysis has the same parts, so that running a variant of one is
+//! learnt once:
+//!
+//! 1. **A config struct, `XConfig`**, whose `Default` is the paper's setting (each default says
+//!    where it comes from: the paper, or the authors' code as BackdoorBench merged it), with a
+//!    `Deviation:` paragraph wherever ours differs. Plain public fields: a variant is
+//!    `XConfig { field: value, ..XConfig::default() }`.
+//! 2. **One entry point, `x::run([model], data.., &cfg) -> Result<XResult>`**. The model comes
+//!    first when the method acts on one that someone else trained (a defence:
+//!    `run(&net, &defender_data, &probe, &cfg)`; the model is an input of the experiment, not a
+//!    setting), then the data (training and test, or the defender's data and the backdoor
+//!    probe), then the config.
+//! 3. **A result type, `XResult`, implementing [`report::Outcome`]**: `to_dataframe()` for the
+//!    table, `figure()` (a `Result<Figure>`) for the figure.
+//! 4. **Networks the method builds are chosen in the config** by `arch: Arch` (typed, so a typo
+//!    is a compile error); a registry name `model: String` only where the name selects a
+//!    published or hub model.
+//! 5. **Training recipes are [`train::TrainConfig`] fields**: `train` for a single stage, one
+//!    field per stage otherwise, named by the stage alone (`pretrain`, `finetune`, `retrain`,
+//!    LIRA's `joint`), so that optimiser, schedule, augmentation, progress and checkpoints come
+//!    with one type and one naming.
+//! 6. **Seeds**: `seed` for data order, sampling and the method's own randomness, `model_seed`
+//!    for the initialisation of networks it builds (a sweep varies them independently).
+//! 7. **`device: Device`** where the method builds networks; given networks keep theirs.
+//! 8. **`progress: ProgressMode`** on every config whose run takes more than a few seconds
+//!    (inside the `TrainConfig` for training stages).
+//! 9. **Bad settings are refused before any work** (`XConfig::validate` or the first lines of
+//!    `run`) with [`Error::invalid`]: the value, and what to use instead (the paper's value).
+//!
+//! Not yet following it (listed so that a reader is not surprised; issue 21 of the tracker):
+//! registry names where a typed architecture would do (hidden trigger, NeuBA, spurious
+//! patterns, failure directions); `&ModelSpec` arguments (ABL, the survival study); seeds
+//! named `init_seed` (failure directions, feature priors, spurious patterns), `eval_seed`
+//! (architectural backdoor), `trigger_seed` (watermarking); stages named `source_training`,
+//! `target_training` (bias transfer), `source_training` / `fine_tuning` (linear probe),
+//! `evaluation` (distillation), `era_train` (feature priors), `removal_train` (watermarking);
+//! no `progress`, of their own or in a `TrainConfig`, in the dataset-artifacts,
+//! natural-backdoor-datasets, SVM, CLP and SCALE-UP configs (whether each runs long enough to
+//! need one is still to be measured); trigger inversion's second entry point,
+//! `scan_label_pairs` (the natural-backdoor scan), beside its `run`.
 
 pub mod analysis;
 pub mod attacks;
