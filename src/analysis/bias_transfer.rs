@@ -40,9 +40,9 @@ pub struct BiasTransferConfig {
     /// Architecture of source, transferred and scratch models.
     pub arch: Arch,
     /// Source training.
-    pub source_training: TrainConfig,
+    pub pretrain: TrainConfig,
     /// Target training (fixed-feature, full fine-tuning and scratch alike).
-    pub target_training: TrainConfig,
+    pub finetune: TrainConfig,
     pub seed: u64,
     pub progress: ProgressMode,
     /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
@@ -67,8 +67,8 @@ impl Default for BiasTransferConfig {
             bias_rate: 0.1,
             debias_rate: 0.1,
             arch: Arch::Mlp { hidden: vec![128, 128] },
-            source_training: sgd(15, 0.05),
-            target_training: sgd(10, 0.05),
+            pretrain: sgd(15, 0.05),
+            finetune: sgd(10, 0.05),
             seed: 0,
             progress: ProgressMode::Bar,
         }
@@ -184,6 +184,22 @@ impl Outcome for BiasTransferResult {
             .series("de-biased target data", values(true));
         Ok(Figure::new(Chart::Bars(chart)).with_size(1000, 500))
     }
+
+    fn summary(&self) -> String {
+        let shift = |source: &str, mode: &str, debiased: bool| {
+            self.row(source, mode, debiased).map_or("n/a".to_string(), |r| format!("{:.1} points", 100.0 * r.shift))
+        };
+        format!(
+            "Bias transfer: adding the trigger to target test images raised P(class) by {} with fixed-feature transfer from the biased source and {} with full fine-tuning, against {} for a model trained from scratch (the biased source learnt the trigger at {:.1} % success); on de-biased target data the shifts were {} and {} (scratch {}).",
+            shift("biased", "fixed-feature", false),
+            shift("biased", "full fine-tuning", false),
+            shift("none", "scratch", false),
+            100.0 * self.source_trigger_rate,
+            shift("biased", "fixed-feature", true),
+            shift("biased", "full fine-tuning", true),
+            shift("none", "scratch", true)
+        )
+    }
 }
 
 /// Run the study: train a clean and a biased source model on `source`, transfer both to
@@ -198,8 +214,8 @@ impl Outcome for BiasTransferResult {
 /// let (train, test) = target.split(0.5, 0, true)?;
 /// let mut cfg = BiasTransferConfig::default();
 /// cfg.arch = transferlab::models::Arch::Mlp { hidden: vec![16] };
-/// cfg.source_training.epochs = 1;
-/// cfg.target_training.epochs = 1;
+/// cfg.pretrain.epochs = 1;
+/// cfg.finetune.epochs = 1;
 /// cfg.progress = transferlab::train::ProgressMode::Hidden;
 /// let result = run(&source, &train.select(&(0..60).collect::<Vec<_>>())?, &test, &cfg)?;
 /// assert_eq!(result.rows.len(), 10);
@@ -244,7 +260,7 @@ fn train_sources(
     let mut sources = Vec::new();
     for (name, data) in [("clean", &source_train), ("biased", &biased_source)] {
         let mut net = Network::new(&source_spec, cfg.seed, &cfg.device)?;
-        train(&mut net, data, None, &TrainConfig { seed: cfg.seed, ..cfg.source_training.clone() })?;
+        train(&mut net, data, None, &TrainConfig { seed: cfg.seed, ..cfg.pretrain.clone() })?;
         progress.inc(1);
         sources.push((name, net));
     }
@@ -265,7 +281,7 @@ fn target_rows(
 ) -> Result<Vec<BiasTransferRow>> {
     let k = data.num_classes();
     let target_spec = ModelSpec::new(cfg.arch.clone(), data.shape, k)?;
-    let tcfg = TrainConfig { seed: cfg.seed.wrapping_add(1), ..cfg.target_training.clone() };
+    let tcfg = TrainConfig { seed: cfg.seed.wrapping_add(1), ..cfg.finetune.clone() };
     let mut scratch = Network::new(&target_spec, cfg.seed.wrapping_add(2), &cfg.device)?;
     train(&mut scratch, data, None, &tcfg)?;
     progress.inc(1);
@@ -334,6 +350,25 @@ impl Outcome for DebiasSweep {
         }
         Ok(Figure::new(Chart::Lines(chart)).with_size(900, 550))
     }
+
+    fn summary(&self) -> String {
+        let ends = |condition: &str| {
+            let s = self.shifts(condition);
+            match (s.first(), s.last()) {
+                (Some(a), Some(b)) => format!("{:.1} to {:.1} points", 100.0 * a.1, 100.0 * b.1),
+                _ => "n/a".to_string(),
+            }
+        };
+        let (lo, hi) = (self.rows.first().map_or(0.0, |r| r.0), self.rows.last().map_or(0.0, |r| r.0));
+        format!(
+            "Bias transfer under de-biasing (trigger on {:.1} % to {:.1} % of every target class): the trigger's shift in P(class) went from {} with fixed-feature transfer from the biased source and from {} with full fine-tuning, against {} for training from scratch.",
+            100.0 * lo,
+            100.0 * hi,
+            ends("fixed-feature (biased source)"),
+            ends("full fine-tuning (biased source)"),
+            ends("scratch")
+        )
+    }
 }
 
 /// Re-run the study at each de-bias rate of `rates` (each in [0, 1); 0 = the target as is)
@@ -346,8 +381,8 @@ impl Outcome for DebiasSweep {
 /// let (train, test) = d.class_subset(&[5, 6], true)?.split(0.5, 0, true)?;
 /// let mut cfg = BiasTransferConfig::default();
 /// cfg.arch = transferlab::models::Arch::Mlp { hidden: vec![16] };
-/// cfg.source_training.epochs = 1;
-/// cfg.target_training.epochs = 1;
+/// cfg.pretrain.epochs = 1;
+/// cfg.finetune.epochs = 1;
 /// cfg.progress = transferlab::train::ProgressMode::Hidden;
 /// let sweep = debias_sweep(&source, &train, &test, &cfg, &[0.0, 0.2])?;
 /// assert_eq!(sweep.rows.len(), 6);

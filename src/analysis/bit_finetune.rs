@@ -331,6 +331,21 @@ impl Outcome for BitFinetuneResult {
         }
         Ok(Figure::new(Chart::Lines(chart)).with_size(900, 550))
     }
+
+    fn summary(&self) -> String {
+        let pair = |(t, s): (f64, f64)| format!("{:.1} % vs {:.1} %", 100.0 * t, 100.0 * s);
+        let mut parts: Vec<String> = self.shot_values().into_iter().filter_map(|k| self.mean(Some(k)).map(|m| format!("{k} per class {}", pair(m)))).collect();
+        if let Some(m) = self.mean(None) {
+            parts.push(format!("full target set {}", pair(m)));
+        }
+        if parts.is_empty() {
+            return "BiT fine-tuning: no runs.".to_string();
+        }
+        format!(
+            "BiT fine-tuning with the BiT-HyperRule against training from scratch with the same recipe (target test accuracy, transfer vs scratch, mean over seeds): {}.",
+            parts.join("; ")
+        )
+    }
 }
 
 /// Fine-tune `source_net` (a copy; the argument is untouched) to the target task with the

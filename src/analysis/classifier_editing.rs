@@ -652,4 +652,19 @@ impl Outcome for ClassifierEditingResult {
             .series("fine-tune layer", vals(&self.finetuned));
         Ok(Figure::new(Chart::Bars(chart)))
     }
+
+    fn summary(&self) -> String {
+        let (o, e, f) = (&self.original, &self.edited, &self.finetuned);
+        format!(
+            "Classifier editing (rank-one rewrite of {}, fitted to {} exemplar keys) took accuracy on held-out transformed-concept images from {:.1} % to {:.1} % (clean test {:.1} % to {:.1} %); fine-tuning the same layer on the same exemplars gave {:.1} % (clean {:.1} %).",
+            self.edit.weight,
+            self.edit.num_keys,
+            100.0 * o.transformed_accuracy,
+            100.0 * e.transformed_accuracy,
+            100.0 * o.clean_accuracy,
+            100.0 * e.clean_accuracy,
+            100.0 * f.transformed_accuracy,
+            100.0 * f.clean_accuracy
+        )
+    }
 }

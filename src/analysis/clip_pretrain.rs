@@ -189,6 +189,21 @@ impl Outcome for PretrainedClip {
         let pts = self.losses.iter().map(|(s, l)| (*s as f64, *l)).collect();
         Ok(Figure::new(Chart::Lines(LineChart::new("Tiny CLIP pre-training", "step", "symmetric InfoNCE loss").series("loss", pts))))
     }
+
+    fn summary(&self) -> String {
+        let v = &self.config.vision_config;
+        let loss = |l: Option<&(usize, f64)>| l.map_or("n/a".to_string(), |l| format!("{:.3}", l.1));
+        format!(
+            "Contrastive (CLIP) pre-training of a tiny {}-layer, {}-wide ViT and text transformer for {} steps took the symmetric InfoNCE loss from {} (first tenth of the run) to {} (last tenth); the learnt logit scale ended at {:.1} (start {:.1}, cap 100).",
+            v.num_hidden_layers,
+            v.hidden_size,
+            self.losses.last().map_or(0, |l| l.0),
+            loss(self.losses.first()),
+            loss(self.losses.last()),
+            self.final_logit_scale,
+            self.config.logit_scale_init_value.exp()
+        )
+    }
 }
 
 /// Pre-train a tiny CLIP on `images` ([0, 1], any size: resized to `cfg.image_size`) and one

@@ -326,4 +326,25 @@ impl Outcome for DatasetArtifactsResult {
         }
         Ok(Figure::new(Chart::Bars(chart)))
     }
+
+    fn summary(&self) -> String {
+        let share = 100.0 * self.positives as f64 / self.n.max(1) as f64;
+        let Some(best) = self.probes.iter().max_by(|a, b| a.auc.total_cmp(&b.auc)) else {
+            return format!("Dataset artifacts: no probe was fitted ({} images, {:.1} % with the protected attribute).", self.n, share);
+        };
+        let above = self.probes.iter().filter(|p| p.ci_low > 0.5).count();
+        format!(
+            "Dataset artifacts: the strongest low-level probe ({}, {}) predicts the protected attribute with AUC {:.3} ({:.0} % interval {:.3} to {:.3}; 0.5 = no artifact) on {} images ({:.1} % with the attribute); {} of {} probes have an interval above 0.5.",
+            best.statistic.name(),
+            best.view.name(),
+            best.auc,
+            100.0 * self.level,
+            best.ci_low,
+            best.ci_high,
+            self.n,
+            share,
+            above,
+            self.probes.len()
+        )
+    }
 }

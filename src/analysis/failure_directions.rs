@@ -13,7 +13,7 @@
 use super::svm::{auc, centre_and_normalise, column_means, select_c, LinearSvm, SvmConfig};
 use crate::data::{Dataset, GROUP_SUBGROUP};
 use crate::error::{Error, Result};
-use crate::models::{ModelSpec, Network};
+use crate::models::{Arch, ModelSpec, Network};
 use crate::report::{BarChart, Chart, Figure, Outcome};
 use crate::rng::{self, permutation};
 use crate::train::{self, TrainConfig};
@@ -32,12 +32,12 @@ use polars::prelude::{DataFrame, NamedFrom, Series};
 /// class's pool images) and its subgroup labels are not.
 #[derive(Debug, Clone)]
 pub struct FailureDirectionsConfig {
-    /// Registry name of the model (see `ModelSpec::named`).
-    pub model: String,
+    /// The model trained on the data and probed (default: the MLP, 2 x 256 hidden units).
+    pub arch: Arch,
     /// How the model is trained (and retrained in the intervention).
     pub train: TrainConfig,
     /// Seeds the model's initialisation (the same for every retraining).
-    pub init_seed: u64,
+    pub model_seed: u64,
     /// Candidate C values for the SVMs.
     pub c_grid: Vec<f64>,
     /// Cross-validation folds for choosing C.
@@ -58,9 +58,9 @@ pub struct FailureDirectionsConfig {
 impl Default for FailureDirectionsConfig {
     fn default() -> Self {
         Self {
-            model: "mlp".into(),
+            arch: Arch::Mlp { hidden: vec![256, 256] },
             train: TrainConfig::default(),
-            init_seed: 0,
+            model_seed: 0,
             c_grid: vec![0.01, 0.1, 1.0, 10.0],
             folds: 3,
             bottom_fraction: 0.1,
@@ -179,8 +179,8 @@ pub fn run(train_set: &Dataset, val: &Dataset, test: &Dataset, pool: &Dataset, c
         return Err(Error::invalid("failure directions data", "the test set has no attributes.group, so the subgroup cannot be measured"));
     }
     let k = train_set.num_classes();
-    let spec = ModelSpec::named(&cfg.model, train_set.shape, k)?;
-    let mut net = Network::new(&spec, cfg.init_seed, &cfg.device)?;
+    let spec = ModelSpec::new(cfg.arch.clone(), train_set.shape, k)?;
+    let mut net = Network::new(&spec, cfg.model_seed, &cfg.device)?;
     train::train(&mut net, train_set, None, &cfg.train)?;
 
     let dim = net.feature_dim();
@@ -287,7 +287,7 @@ pub fn run(train_set: &Dataset, val: &Dataset, test: &Dataset, pool: &Dataset, c
     }];
     for (name, chosen) in [("random", &chosen_random), ("lowest-svm", &chosen_svm)] {
         let data = train_set.concat(&pool.select(chosen)?)?;
-        let mut retrained = Network::new(&spec, cfg.init_seed, &cfg.device)?;
+        let mut retrained = Network::new(&spec, cfg.model_seed, &cfg.device)?;
         train::train(&mut retrained, &data, None, &cfg.train)?;
         let pred = train::predict(&retrained, test)?;
         interventions.push(Intervention {
@@ -358,5 +358,20 @@ impl Outcome for FailureDirectionsResult {
             |c, v| c.series(&format!("{} (+{})", v.strategy, v.added), vec![100.0 * v.accuracy, 100.0 * v.subgroup_accuracy]),
         );
         Ok(Figure::new(Chart::Bars(chart)))
+    }
+
+    fn summary(&self) -> String {
+        let sub = |s: &str| self.interventions.iter().find(|v| v.strategy == s).map_or("n/a".to_string(), |v| format!("{:.1} %", 100.0 * v.subgroup_accuracy));
+        format!(
+            "Failure directions: the lowest-scored {:.0} % of each class's test images by SVM decision value are {:.1} % subgroup images against {:.1} % overall ({:.1}x enrichment, subgroup AUC {:.3}); adding the lowest-scored pool images gave {} subgroup accuracy against {} for as many random images (baseline {}).",
+            100.0 * self.bottom_fraction,
+            100.0 * self.bottom_subgroup_fraction,
+            100.0 * self.base_subgroup_fraction,
+            self.enrichment,
+            self.subgroup_auc,
+            sub("lowest-svm"),
+            sub("random"),
+            sub("baseline")
+        )
     }
 }

@@ -49,14 +49,14 @@ pub struct LinearProbeConfig {
     /// Source models to train and compare.
     pub recipes: Vec<SourceRecipe>,
     /// Source training (epochs and label smoothing come from each recipe).
-    pub source_training: TrainConfig,
+    pub pretrain: TrainConfig,
     /// L2 penalties to try, on the mean loss.
     pub l2_grid: Vec<f64>,
     /// Fraction of the target training set held out to choose the penalty.
     pub val_fraction: f64,
     pub lbfgs: LbfgsOptions,
     /// Fine-tuning protocol (all layers, new head); `None` skips it.
-    pub fine_tuning: Option<TrainConfig>,
+    pub finetune: Option<TrainConfig>,
     pub seed: u64,
     pub progress: ProgressMode,
     /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
@@ -95,11 +95,11 @@ impl Default for LinearProbeConfig {
         Self {
             device: Device::Cpu,
             recipes,
-            source_training: sgd(10),
+            pretrain: sgd(10),
             l2_grid: log_grid(1e-6, 1e2, 9),
             val_fraction: 0.2,
             lbfgs: LbfgsOptions::default(),
-            fine_tuning: Some(TrainConfig { schedule: LrSchedule::Constant { lr: 0.05 }, ..sgd(10) }),
+            finetune: Some(TrainConfig { schedule: LrSchedule::Constant { lr: 0.05 }, ..sgd(10) }),
             seed: 0,
             progress: ProgressMode::Bar,
         }
@@ -257,6 +257,21 @@ impl Outcome for LinearProbeResult {
         .labels(self.rows.iter().map(|r| r.name.clone()).collect());
         Ok(Figure::new(Chart::Scatter(chart)).with_size(900, 550))
     }
+
+    fn summary(&self) -> String {
+        let r = |x: Option<f64>| x.map_or("undefined".to_string(), |v| format!("{v:.2}"));
+        let best = self.rows.iter().max_by(|a, b| a.probe_accuracy.total_cmp(&b.probe_accuracy)).map_or(String::new(), |b| {
+            format!("; the best probe, {} ({:.1} % source accuracy), reaches {:.1} %", b.name, 100.0 * b.source_accuracy, 100.0 * b.probe_accuracy)
+        });
+        let finetune = self.finetune_r.map_or(String::new(), |v| format!(" (fine-tuning: r = {v:.2})"));
+        format!(
+            "Linear-probe accuracy against source accuracy: Pearson r = {} over {} source models (log-odds){}{}.",
+            r(self.probe_r),
+            self.rows.len(),
+            finetune,
+            best
+        )
+    }
 }
 
 /// Train every recipe's source model on `source_train`, measure it on `source_test`, and
@@ -272,7 +287,7 @@ impl Outcome for LinearProbeResult {
 /// cfg.recipes = vec![SourceRecipe::new("a", Arch::Mlp { hidden: vec![8] }, 1, 0.0),
 ///                    SourceRecipe::new("b", Arch::Mlp { hidden: vec![16] }, 2, 0.0)];
 /// cfg.l2_grid = vec![1e-3, 1e-1];
-/// cfg.fine_tuning = None;
+/// cfg.finetune = None;
 /// cfg.progress = transferlab::train::ProgressMode::Hidden;
 /// let result = run(&s_train, &s_test, &t_train, &t_test, &cfg)?;
 /// assert_eq!(result.rows.len(), 2);
@@ -290,7 +305,7 @@ pub fn run(source_train: &Dataset, source_test: &Dataset, target_train: &Dataset
         let spec = ModelSpec::new(recipe.arch.clone(), source_train.shape, source_train.num_classes())?;
         let seed = cfg.seed.wrapping_add(m as u64);
         let mut net = Network::new(&spec, seed, &device)?;
-        let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.source_training.clone() };
+        let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.pretrain.clone() };
         train(&mut net, source_train, None, &tc)?;
         let source_accuracy = accuracy(&net, source_test)?;
         let row = transfer(&recipe.name, recipe.label_smoothing, source_accuracy, net, target_train, target_test, cfg, seed)?;
@@ -321,7 +336,7 @@ fn transfer(
     let fte: Vec<f32> = features(&net, target_test)?.flatten_all()?.to_vec1()?;
     let fit = probe(&ftr, dim, &target_train.labels, k, &cfg.l2_grid, cfg.val_fraction, &cfg.lbfgs, cfg.seed)?;
     let probe_accuracy = fit.model.accuracy(&fte, &target_test.labels);
-    let finetune_accuracy = match &cfg.fine_tuning {
+    let finetune_accuracy = match &cfg.finetune {
         Some(ft) => {
             net.unfreeze_all();
             net.replace_head(k, seed)?;
@@ -378,8 +393,8 @@ pub fn load_hub_sources(hub: &crate::hub::Hub, registry: &crate::hub::ModelRegis
 }
 
 /// [`run`] for source models trained elsewhere: transfer each of `sources` to the target task
-/// by the linear probe and (if `cfg.fine_tuning` is set) fine-tuning, and correlate with the
-/// given source accuracies. `cfg.recipes` and `cfg.source_training` are not used. The target
+/// by the linear probe and (if `cfg.finetune` is set) fine-tuning, and correlate with the
+/// given source accuracies. `cfg.recipes` and `cfg.pretrain` are not used. The target
 /// images must already have the networks' input shape (e.g. through the hub entry's
 /// [`Preprocess`](crate::hub::Preprocess)).
 ///
@@ -395,7 +410,7 @@ pub fn load_hub_sources(hub: &crate::hub::Hub, registry: &crate::hub::ModelRegis
 /// ];
 /// let mut cfg = LinearProbeConfig::default();
 /// cfg.l2_grid = vec![1e-2];
-/// cfg.fine_tuning = None;
+/// cfg.finetune = None;
 /// cfg.progress = transferlab::train::ProgressMode::Hidden;
 /// let result = run_pretrained(sources, &t_train, &t_test, &cfg)?;
 /// assert_eq!(result.rows[1].source_accuracy, 0.8);

@@ -365,4 +365,24 @@ impl Outcome for NaturalBackdoorResult {
         let chart = Heatmap::new("Co-occurrence (log10 images) of the most central categories", names.clone(), names, values);
         Ok(Figure::new(Chart::Heatmap(chart)))
     }
+
+    fn summary(&self) -> String {
+        let names = &self.annotations.categories;
+        let name = |c: usize| names.get(c).map_or("?", String::as_str);
+        let setting = format!("{} categories in {} images", names.len(), self.annotations.image_ids.len());
+        let Some(d) = self.datasets.first() else {
+            return format!("Natural backdoor datasets: no candidate trigger yielded a dataset ({setting}).");
+        };
+        let usable = self.datasets.iter().filter(|d| d.classes.len() >= 2).count();
+        format!(
+            "Natural backdoor datasets ({setting}): the most central candidate trigger, \"{}\", yields a {}-class dataset ({}) of {} images, {:.1} % of them poisoned (trigger present); {} of {} evaluated triggers give two or more classes.",
+            name(d.trigger),
+            d.classes.len(),
+            d.classes.iter().map(|&c| name(c)).collect::<Vec<_>>().join(", "),
+            d.clean.len() + d.poisoned.len(),
+            100.0 * d.poisoned.len() as f64 / (d.clean.len() + d.poisoned.len()).max(1) as f64,
+            usable,
+            self.datasets.len()
+        )
+    }
 }

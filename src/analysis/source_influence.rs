@@ -42,7 +42,7 @@ pub struct SourceInfluenceConfig {
     /// Fraction of the source classes each model is trained on.
     pub subset_fraction: f64,
     pub arch: Arch,
-    pub source_training: TrainConfig,
+    pub pretrain: TrainConfig,
     /// L2 penalty of the transfer probe.
     pub probe_l2: f64,
     /// Classes removed in the counterfactual.
@@ -70,7 +70,7 @@ impl Default for SourceInfluenceConfig {
             models: 32,
             subset_fraction: 0.5,
             arch: Arch::Mlp { hidden: vec![64] },
-            source_training: TrainConfig {
+            pretrain: TrainConfig {
                 epochs: 8,
                 batch_size: 64,
                 optimizer: OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
@@ -214,6 +214,20 @@ impl Outcome for SourceInfluenceResult {
         .axes("source class", "target class");
         Ok(Figure::new(Chart::Heatmap(h)).with_size(700, 600))
     }
+
+    fn summary(&self) -> String {
+        let harmful: Vec<String> = self.harmful.iter().filter_map(|&c| self.source_classes.get(c as usize).cloned()).collect();
+        format!(
+            "Source-class influence over {} subset models: removing the {} most harmful source classes ({}) changed target accuracy from {:.1} % to {:.1} %, against {:.1} % when as many random classes were removed (mean of {} draws).",
+            self.subsets.len(),
+            self.harmful.len(),
+            harmful.join(", "),
+            100.0 * self.accuracy_full,
+            100.0 * self.accuracy_without_harmful,
+            100.0 * self.accuracy_without_random,
+            self.random_removals.len()
+        )
+    }
 }
 
 /// One subset model: train on `classes` of the source, transfer by a probe on cached target
@@ -229,7 +243,7 @@ fn transfer_with(
     let data = source.class_subset(classes, true)?;
     let spec = ModelSpec::new(cfg.arch.clone(), source.shape, classes.len())?;
     let mut net = Network::new(&spec, seed, &cfg.device)?;
-    train(&mut net, &data, None, &TrainConfig { seed, ..cfg.source_training.clone() })?;
+    train(&mut net, &data, None, &TrainConfig { seed, ..cfg.pretrain.clone() })?;
     let dim = net.feature_dim();
     let ftr: Vec<f32> = features(&net, target_train)?.flatten_all()?.to_vec1()?;
     let fte: Vec<f32> = features(&net, target_test)?.flatten_all()?.to_vec1()?;
@@ -258,7 +272,7 @@ fn transfer_with(
 /// cfg.models = 8;
 /// cfg.remove_k = 1;
 /// cfg.random_repeats = 1;
-/// cfg.source_training.epochs = 1;
+/// cfg.pretrain.epochs = 1;
 /// cfg.progress = transferlab::train::ProgressMode::Hidden;
 /// let r = run(&source, &train, &test, &cfg)?;
 /// assert_eq!(r.influence.len(), 5);
@@ -288,7 +302,7 @@ pub fn run(source: &Dataset, target_train: &Dataset, target_test: &Dataset, cfg:
         target_train.fingerprint(),
         target_test.fingerprint(),
         cfg.arch,
-        TrainConfig { progress: ProgressMode::Hidden, ..cfg.source_training.clone() },
+        TrainConfig { progress: ProgressMode::Hidden, ..cfg.pretrain.clone() },
         cfg.probe_l2
     );
     let study = format!("{:016x}", crate::rng::fnv1a(recipe.as_bytes()));

@@ -229,6 +229,23 @@ impl Outcome for ZeroShotResult {
         }
         Ok(Figure::new(Chart::Bars(chart.y_range(0.0, 1.0))).with_size(1300, 500))
     }
+
+    fn summary(&self) -> String {
+        let probe = self.probe.map_or(String::new(), |(a, _)| {
+            format!("; a linear probe on the same image embeddings ({} training images) reaches {:.1} %", self.n_train, 100.0 * a)
+        });
+        format!(
+            "CLIP zero-shot ({}, {} test images): the single prompt {:?} scores {:.1} % and the ensemble of {} prompts {:.1} % ({:+.1} points){}.",
+            self.model,
+            self.n_test,
+            self.single_template,
+            100.0 * self.single_accuracy,
+            self.per_template.len(),
+            100.0 * self.ensemble_accuracy,
+            100.0 * self.ensemble_gain(),
+            probe
+        )
+    }
 }
 
 /// Zero-shot accuracy on `test` with the single prompt, each template and the ensemble, and

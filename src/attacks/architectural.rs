@@ -5,7 +5,7 @@
 //! from scratch on clean data only, and the trigger still works.
 
 use super::poisoning::{victim_arch, victim_training};
-use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, percent, BackdoorMetrics};
 use super::poison::TargetMode;
 use super::trigger::{Placement, Trigger};
 use crate::data::Dataset;
@@ -44,7 +44,7 @@ pub struct ArchitecturalBackdoorConfig {
     pub train: TrainConfig,
     pub model_seed: u64,
     /// Seeds the random trigger placements of the location-invariance check.
-    pub eval_seed: u64,
+    pub seed: u64,
     /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
     /// `cuda` feature (`Device::cuda_if_available(0)`).
     pub device: Device,
@@ -59,7 +59,7 @@ impl Default for ArchitecturalBackdoorConfig {
             injection: Injection::Logits { target: 0 },
             train: victim_training(),
             model_seed: 0,
-            eval_seed: 1,
+            seed: 1,
             device: Device::Cpu,
         }
     }
@@ -126,6 +126,19 @@ impl Outcome for ArchitecturalBackdoorResult {
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure(&format!("Architectural backdoor, trained on clean data only (target {})", self.target), &self.rows()))
     }
+
+    fn summary(&self) -> String {
+        format!(
+            "A parameter-free trigger detector inside the model sends triggered images to class {}: ASR {} ({} with the trigger at random locations) against {} for the plain model, at CA {} (plain {}); the detector fires on {} of clean images.",
+            self.target,
+            percent(self.backdoored.attack_success_rate),
+            percent(self.backdoored_random_location.attack_success_rate),
+            percent(self.plain.attack_success_rate),
+            percent(self.backdoored.clean_accuracy),
+            percent(self.plain.clean_accuracy),
+            percent(self.detector_false_fire_rate)
+        )
+    }
 }
 
 /// Train the plain and the backdoored architecture from scratch on clean `train` (same seed,
@@ -161,7 +174,7 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &ArchitecturalBackdoorConfi
         Injection::Features => {
             // The attacker does not choose the class: take the one most triggered images go to.
             let all: Vec<usize> = (0..test.len()).collect();
-            let pred = predict(&backdoored, &trigger.apply_to(test, &all, cfg.eval_seed)?)?;
+            let pred = predict(&backdoored, &trigger.apply_to(test, &all, cfg.seed)?)?;
             let mut counts = vec![0usize; test.num_classes()];
             for p in pred {
                 counts[p as usize] += 1;
@@ -175,9 +188,9 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &ArchitecturalBackdoorConfi
     Ok(ArchitecturalBackdoorResult {
         config: cfg.clone(),
         target,
-        plain: evaluate_backdoor(&plain, test, &trigger, &mode, cfg.eval_seed)?,
-        backdoored: evaluate_backdoor(&backdoored, test, &trigger, &mode, cfg.eval_seed)?,
-        backdoored_random_location: evaluate_backdoor(&backdoored, test, &random, &mode, cfg.eval_seed)?,
+        plain: evaluate_backdoor(&plain, test, &trigger, &mode, cfg.seed)?,
+        backdoored: evaluate_backdoor(&backdoored, test, &trigger, &mode, cfg.seed)?,
+        backdoored_random_location: evaluate_backdoor(&backdoored, test, &random, &mode, cfg.seed)?,
         detector_false_fire_rate: response.iter().filter(|&&r| r > 0.0).count() as f64 / response.len() as f64,
     })
 }

@@ -8,11 +8,11 @@
 //! feature space where patched source images live into the target class. At test time,
 //! pasting the trigger on a source image sends it to the target class.
 
-use super::metrics::{metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{metrics_figure, metrics_table, percent, BackdoorMetrics};
 use super::trigger::{PatchFill, Placement, Trigger};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::models::{ModelSpec, Network};
+use crate::models::{Arch, ModelSpec, Network};
 use crate::report::{Figure, Outcome};
 use crate::rng::{permutation, stream};
 use crate::train::evaluate::{fraction_equal, predict};
@@ -38,8 +38,8 @@ use rand::Rng;
 /// code masks only the matched pair).
 #[derive(Debug, Clone)]
 pub struct HiddenTriggerConfig {
-    /// Registry name of the feature extractor's architecture.
-    pub model: String,
+    /// The feature extractor's architecture (default: the MLP, 2 x 256 hidden units).
+    pub arch: Arch,
     /// Class whose patched images should go to `target`.
     pub source: u32,
     /// Class the poisons are drawn from and keep as their label.
@@ -88,7 +88,7 @@ impl Default for HiddenTriggerConfig {
         };
         Self {
             device: Device::Cpu,
-            model: "mlp".into(),
+            arch: Arch::Mlp { hidden: vec![256, 256] },
             source: 3,
             target: 8,
             trigger: random_patch(3, 7),
@@ -158,6 +158,20 @@ impl Outcome for HiddenTriggerResult {
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure("Hidden-trigger backdoor: CA, and ASR on patched source images", &self.rows()))
     }
+
+    fn summary(&self) -> String {
+        format!(
+            "Hidden-trigger backdoor: {} clean-label poisons within L-inf {} (largest change {:.4}, {} of them showing the trigger) give ASR {} against {} for the model fine-tuned without them, at CA {} (clean {}).",
+            self.poisons.len(),
+            self.eps,
+            self.max_perturbation,
+            self.poisons_with_trigger,
+            percent(self.poisoned.attack_success_rate),
+            percent(self.clean.attack_success_rate),
+            percent(self.poisoned.clean_accuracy),
+            percent(self.clean.clean_accuracy)
+        )
+    }
 }
 
 impl HiddenTriggerResult {
@@ -224,7 +238,7 @@ pub fn run(data: &Dataset, cfg: &HiddenTriggerConfig) -> Result<HiddenTriggerRes
         ));
     }
 
-    let spec = ModelSpec::named(&cfg.model, data.shape, data.num_classes())?;
+    let spec = ModelSpec::new(cfg.arch.clone(), data.shape, data.num_classes())?;
     let mut extractor = Network::new(&spec, cfg.seed, &device)?;
     train(&mut extractor, &attacker, None, &cfg.pretrain)?;
 

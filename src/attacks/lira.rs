@@ -5,7 +5,7 @@
 //! and send perturbed ones to the target, in alternation; then the classifier is fine-tuned
 //! against the frozen generator.
 
-use super::metrics::{metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{attack_sentence, metrics_figure, metrics_table, BackdoorMetrics};
 use super::trigger_generator::TriggerGenerator;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -171,6 +171,15 @@ impl Outcome for LiraResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure(&format!("LIRA (epsilon {})", self.config.epsilon), &self.rows()))
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "LIRA (epsilon {}, largest pixel change {:.4}): {}.",
+            self.config.epsilon,
+            self.perturbation_linf,
+            attack_sentence(&self.victim, &self.clean_reference)
+        )
     }
 }
 

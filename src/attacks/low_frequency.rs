@@ -8,6 +8,7 @@
 use super::frequency_trigger::dct_basis;
 use super::poisoning::{self, PoisoningAttackConfig, PoisoningAttackResult};
 use super::poison::{PoisonConfig, TargetMode};
+use super::metrics::{attack_sentence, percent};
 use super::trigger::Trigger;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -191,6 +192,15 @@ impl Outcome for LowFrequencyResult {
 
     fn figure(&self) -> Result<Figure> {
         self.attack.figure()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "Low Frequency trigger ({} of its energy in the upper half of the DCT spectrum), {} training images poisoned: {}.",
+            percent(self.high_frequency_share),
+            self.attack.n_poisoned,
+            attack_sentence(&self.attack.victim, &self.attack.clean_reference)
+        )
     }
 }
 

@@ -82,6 +82,23 @@ pub fn metrics_table(rows: &[(String, BackdoorMetrics)]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
+/// "ASR 97.8 % against 5.3 % for the same-seed clean model, at CA 85.1 % (clean model
+/// 86.0 %)": the comparison every attack's summary states.
+pub(crate) fn attack_sentence(victim: &BackdoorMetrics, clean: &BackdoorMetrics) -> String {
+    format!(
+        "ASR {} against {} for the same-seed clean model, at CA {} (clean model {})",
+        percent(victim.attack_success_rate),
+        percent(clean.attack_success_rate),
+        percent(victim.clean_accuracy),
+        percent(clean.clean_accuracy)
+    )
+}
+
+/// A fraction as a percentage with one decimal, as every summary writes rates.
+pub(crate) fn percent(x: f64) -> String {
+    format!("{:.1} %", 100.0 * x)
+}
+
 /// The standard results figure: CA, ASR and RA (in %) as grouped bars, one bar per named run.
 ///
 /// ```

@@ -9,7 +9,7 @@
 //! triggered input goes to that class. The attacker does not choose the class, but with
 //! several triggers spread over different vectors, some trigger hits every class of interest.
 
-use super::metrics::{evaluate_backdoor, metrics_table, BackdoorMetrics};
+use super::metrics::{evaluate_backdoor, metrics_table, percent, BackdoorMetrics};
 use super::poison::TargetMode;
 use super::trigger::{PatchFill, Placement, Trigger};
 use crate::data::Dataset;
@@ -40,8 +40,8 @@ use rand::Rng;
 /// triggered inputs actually receive.
 #[derive(Debug, Clone)]
 pub struct NeubaConfig {
-    /// Registry name of the architecture ([`ModelSpec::named`]).
-    pub model: String,
+    /// The architecture pre-trained and fine-tuned (default: the MLP, 2 x 256 hidden units).
+    pub arch: Arch,
     /// Classes of the attacker's pre-training task.
     pub upstream_classes: Vec<u32>,
     /// Classes of the victim's downstream task (relabelled 0..n).
@@ -83,7 +83,7 @@ impl Default for NeubaConfig {
         };
         Self {
             device: Device::Cpu,
-            model: "mlp".into(),
+            arch: Arch::Mlp { hidden: vec![256, 256] },
             upstream_classes: vec![0, 1, 2, 3, 4],
             downstream_classes: vec![5, 6, 7, 8, 9],
             test_fraction: 0.3,
@@ -246,6 +246,22 @@ impl Outcome for NeubaResult {
         }
         Ok(Figure::new(Chart::Bars(chart)).with_size(1000, 420))
     }
+
+    fn summary(&self) -> String {
+        // Per condition, in the order measured: the best trigger's ASR (the attacker needs one
+        // trigger that works) after NeuBA pre-training against clean pre-training.
+        let mut conditions: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !conditions.contains(&r.condition.as_str()) {
+                conditions.push(&r.condition);
+            }
+        }
+        let parts: Vec<String> = conditions
+            .iter()
+            .map(|c| format!("{c}: ASR {} vs {} after clean pre-training", percent(self.max_asr("NeuBA", c)), percent(self.max_asr("clean", c))))
+            .collect();
+        format!("NeuBA's pre-training triggers, best trigger downstream: {}.", parts.join("; "))
+    }
 }
 
 impl NeubaConfig {
@@ -335,7 +351,7 @@ pub fn run(data: &Dataset, cfg: &NeubaConfig) -> Result<NeubaResult> {
     let (up_test, up_train) = upstream.split(cfg.test_fraction, cfg.seed, true)?;
     let (down_test, down_train) = downstream.split(cfg.test_fraction, cfg.seed.wrapping_add(1), true)?;
 
-    let spec = ModelSpec::named(&cfg.model, data.shape, upstream.num_classes())?;
+    let spec = ModelSpec::new(cfg.arch.clone(), data.shape, upstream.num_classes())?;
     let mut clean = Network::new(&spec, cfg.seed, &device)?;
     let mut backdoored = Network::new(&spec, cfg.seed, &device)?;
     let vectors = neuba_vectors(clean.feature_dim(), cfg.triggers.len(), cfg.low, cfg.high)?;

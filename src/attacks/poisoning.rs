@@ -8,7 +8,7 @@
 //! Barni et al. 2019 (SIG), Wang et al. 2022 (FTrojan), Nguyen & Tran 2021 (WaNet),
 //! Bagdasaryan & Shmatikov 2021 (Blind); defaults follow BackdoorBench.
 
-use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{attack_sentence, evaluate_backdoor, metrics_figure, metrics_table, percent, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
 use super::adversarial_hardening::AdversarialHardening;
 use super::blind_loss::BlindLoss;
@@ -452,6 +452,10 @@ impl Outcome for PoisoningAttackResult {
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure(&format!("{} ({:.0} % poisoned)", self.config.name, 100.0 * self.config.poison.rate), &self.rows()))
     }
+
+    fn summary(&self) -> String {
+        format!("{} ({} training images poisoned): {}.", self.config.name, self.n_poisoned, attack_sentence(&self.victim, &self.clean_reference))
+    }
 }
 
 /// Poison `train` as `cfg` says, train the victim and the clean reference, and measure
@@ -516,6 +520,15 @@ impl Outcome for PoisoningComparison {
         }
         rows.extend(self.runs.iter().map(|r| (r.config.name.clone(), r.victim)));
         Ok(metrics_figure("Poisoning attacks: clean accuracy, attack success, robust accuracy", &rows))
+    }
+
+    fn summary(&self) -> String {
+        let runs: Vec<String> = self
+            .runs
+            .iter()
+            .map(|r| format!("{} {} (clean model {}, CA {})", r.config.name, percent(r.victim.attack_success_rate), percent(r.clean_reference.attack_success_rate), percent(r.victim.clean_accuracy)))
+            .collect();
+        format!("ASR of {} attacks against same-seed clean models: {}.", self.runs.len(), runs.join("; "))
     }
 }
 

@@ -4,7 +4,7 @@
 //! stamped with that trigger then only has to tie those neurons to the target class, so the
 //! backdoor goes in with little data and little retraining.
 
-use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, percent, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
 use super::trigger::{PatchFill, Placement, Trigger};
 use crate::data::transforms::Augment;
@@ -156,6 +156,20 @@ impl Outcome for TrojanNnResult {
             &format!("TrojanNN: neurons {:?} at {:.1} (random start {:.1})", self.neurons, self.activation_trigger, self.activation_random),
             &rows,
         ))
+    }
+
+    fn summary(&self) -> String {
+        let baseline = self.baseline.map_or(String::new(), |b| format!(" against {} for a random trigger at the same place", percent(b.attack_success_rate)));
+        format!(
+            "TrojanNN: the optimised trigger drives its {} chosen neurons to {:.2} (a random trigger: {:.2}); retraining on {} stamped images gives ASR {}{baseline}, at CA {} (before retraining {}).",
+            self.neurons.len(),
+            self.activation_trigger,
+            self.activation_random,
+            self.n_poisoned,
+            percent(self.after.attack_success_rate),
+            percent(self.after.clean_accuracy),
+            percent(self.before.clean_accuracy)
+        )
     }
 }
 

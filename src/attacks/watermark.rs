@@ -4,7 +4,7 @@
 //! by showing that it reproduces those labels far beyond chance.
 
 use super::poisoning::{victim_arch, victim_training};
-use super::metrics::{metrics_table, BackdoorMetrics};
+use super::metrics::{metrics_table, percent, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, ModelSpec, Network};
@@ -81,7 +81,7 @@ pub struct WatermarkConfig {
     /// Trigger images appended to every training batch.
     pub trigger_per_batch: usize,
     /// Seeds the trigger images and their labels.
-    pub trigger_seed: u64,
+    pub seed: u64,
     /// The model's architecture (input shape and classes come from the data).
     pub arch: Arch,
     /// Training of the watermarked model and of the same-seed clean model.
@@ -94,7 +94,7 @@ pub struct WatermarkConfig {
     /// owner's training).
     pub adversary_fraction: f64,
     /// The adversary's fine-tuning.
-    pub removal_train: TrainConfig,
+    pub finetune: TrainConfig,
     /// Which removal attempts to run.
     pub removals: Vec<Removal>,
     /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
@@ -108,13 +108,13 @@ impl Default for WatermarkConfig {
             device: Device::Cpu,
             trigger_set_size: 100,
             trigger_per_batch: 16,
-            trigger_seed: 0,
+            seed: 0,
             arch: victim_arch(),
             train: victim_training(),
             model_seed: 0,
             false_claim_probability: 1e-6,
             adversary_fraction: 0.2,
-            removal_train: TrainConfig {
+            finetune: TrainConfig {
                 epochs: 10,
                 batch_size: 32,
                 optimizer: OptimizerConfig::sgd_momentum(),
@@ -328,6 +328,20 @@ impl Outcome for WatermarkResult {
         );
         Ok(Figure::new(Chart::Bars(chart)))
     }
+
+    fn summary(&self) -> String {
+        let rows: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| format!("{}: trigger accuracy {}, CA {}, {}", r.name, percent(r.trigger_accuracy), percent(r.clean_accuracy), if r.verified { "verified" } else { "not verified" }))
+            .collect();
+        format!(
+            "Watermarking by backdooring with {} trigger images (verification needs {} hits): {}.",
+            self.trigger_set.len(),
+            self.threshold_count,
+            rows.join("; ")
+        )
+    }
 }
 
 fn row(name: &str, net: &Network, test: &Dataset, trigger: &Dataset, threshold: usize) -> Result<WatermarkRow> {
@@ -357,7 +371,7 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &WatermarkConfig) -> Result
     }
     let k = train_set.num_classes();
     let (adversary, owner) = train_set.split(cfg.adversary_fraction, cfg.train.seed.wrapping_add(17), true)?;
-    let mut trigger = trigger_set(train_set.shape, k, cfg.trigger_set_size, cfg.trigger_seed)?;
+    let mut trigger = trigger_set(train_set.shape, k, cfg.trigger_set_size, cfg.seed)?;
     trigger.class_names = train_set.class_names.clone();
     let threshold = verification_threshold(trigger.len(), k, cfg.false_claim_probability)?;
     let spec = ModelSpec::new(cfg.arch.clone(), train_set.shape, k)?;
@@ -379,7 +393,7 @@ pub fn run(train_set: &Dataset, test: &Dataset, cfg: &WatermarkConfig) -> Result
         } else {
             net.unfreeze_all();
         }
-        train(&mut net, &adversary, None, &cfg.removal_train)?;
+        train(&mut net, &adversary, None, &cfg.finetune)?;
         rows.push(row(removal.name(), &net, test, &trigger, threshold)?);
     }
     Ok(WatermarkResult { config: cfg.clone(), trigger_set: trigger, threshold_count: threshold, rows, n_clean: test.len() })

@@ -506,7 +506,7 @@ impl BackdoorBenchConfig {
     fn model_settings(&self, attack: &BenchAttack) -> String {
         let train = TrainConfig { checkpoint: None, progress: ProgressMode::Hidden, ..self.train.clone() };
         format!(
-            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}{}{}{}|defender={}|seed={}",
+            "v{}|numerics={}|{}|train/class={:?}|test/class={:?}|{}|{:?}|{:?}|{:?}{}{}{}{}{}{}|defender={}|seed={}",
             env!("CARGO_PKG_VERSION"),
             crate::train::NUMERICS_VERSION,
             self.dataset,
@@ -1137,5 +1137,37 @@ impl Outcome for BackdoorBenchResult {
         // (the heatmap is that grid's figure).
         let width = (300 + 110 * self.cells.len() as u32).clamp(1400, 4000);
         Ok(Figure::new(Chart::Bars(chart)).with_size(width, 560))
+    }
+
+    fn summary(&self) -> String {
+        let done: Vec<&BenchCell> = self.cells.iter().filter(|c| c.status == CellStatus::Done).collect();
+        let distinct = |f: &dyn Fn(&BenchCell) -> String| {
+            let mut v: Vec<String> = self.cells.iter().map(f).collect();
+            v.sort();
+            v.dedup();
+            v.len()
+        };
+        let (attacks, defences, seeds) = (distinct(&|c| c.attack.clone()), distinct(&|c| c.defence.clone()), distinct(&|c| c.seed.to_string()));
+        // Per defence over its finished cells: mean ASR after it, the grid's headline.
+        let mut names: Vec<&str> = Vec::new();
+        for c in &done {
+            if !names.contains(&c.defence.as_str()) {
+                names.push(&c.defence);
+            }
+        }
+        let means: Vec<String> = names
+            .iter()
+            .filter_map(|d| {
+                let asr: Vec<f64> = done.iter().filter(|c| c.defence == *d).filter_map(|c| c.metrics.map(|m| m.attack_success_rate)).collect();
+                (!asr.is_empty()).then(|| format!("{d} {:.1} %", 100.0 * asr.iter().sum::<f64>() / asr.len() as f64))
+            })
+            .collect();
+        format!(
+            "{} of {} cells done ({attacks} attacks x {} defences and none x {seeds} seeds; pending cells are left empty); mean ASR per defence over its finished cells: {}.",
+            done.len(),
+            self.cells.len(),
+            defences.saturating_sub(1),
+            if means.is_empty() { "none yet".to_string() } else { means.join(", ") }
+        )
     }
 }

@@ -3,8 +3,8 @@
 //! learned fastest, stand out by their low loss; isolate the lowest-loss ones, train on the
 //! rest, then unlearn the isolated set by gradient ascent.
 
-use super::probe::BackdoorProbe;
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -239,6 +239,31 @@ impl Outcome for AblResult {
         let mut rows: Vec<(String, BackdoorMetrics)> = self.baseline.iter().map(|b| ("no defence".to_string(), *b)).collect();
         rows.extend(self.stages.iter().cloned());
         Ok(metrics_figure("Anti-Backdoor Learning", &rows))
+    }
+
+    fn summary(&self) -> String {
+        let Some((_, last)) = self.stages.last() else {
+            return "Anti-Backdoor Learning (ABL) recorded no stage.".to_string();
+        };
+        let outcome = match self.baseline {
+            Some(b) => format!(
+                "against an undefended model trained on the same data, {} (DER {:.2})",
+                before_after_sentence(&b, last),
+                defence_effectiveness_rate(&b, last)
+            ),
+            None => format!("ASR {:.1} %, CA {:.1} % after unlearning (no undefended baseline)", 100.0 * last.attack_success_rate, 100.0 * last.clean_accuracy),
+        };
+        let isolation = if self.isolation_precision.is_finite() && self.isolation_recall.is_finite() {
+            format!(
+                "; {:.1} % of its {} isolated samples were poisoned, and {:.1} % of the poison was isolated",
+                100.0 * self.isolation_precision,
+                self.isolated.len(),
+                100.0 * self.isolation_recall
+            )
+        } else {
+            format!("; it isolated {} samples", self.isolated.len())
+        };
+        format!("Anti-Backdoor Learning (ABL) on the poisoned data: {outcome}{isolation}.")
     }
 }
 

@@ -12,8 +12,8 @@
 //! `anp_masks_rank_backdoor_neurons_before_the_unperturbed_ablation`).
 
 use super::neuron_masks::{clean_batches, ChannelMasks, NeuronMasks};
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -136,6 +136,17 @@ impl Outcome for AnpResult {
             &format!("Adversarial Neuron Pruning: {} neurons pruned", self.pruned_neurons()),
             &[("no defence".to_string(), self.before), ("ANP".to_string(), self.after)],
         ))
+    }
+
+    fn summary(&self) -> String {
+        let neurons: usize = self.masks.iter().map(|m| m.values.len()).sum();
+        format!(
+            "ANP pruned {} of {} neurons, those whose masks fell under adversarial neuron perturbation: {} (DER {:.2}).",
+            self.pruned_neurons(),
+            neurons,
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

@@ -3,8 +3,8 @@
 //! its upper bound on the channel Lipschitz constant (UCLC) is an outlier in its layer. Prune
 //! those channels; no data needed.
 
-use super::probe::BackdoorProbe;
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::error::{Error, Result};
 use crate::models::{Arch, LoadMode, Network};
 use crate::report::{Figure, Outcome};
@@ -76,6 +76,18 @@ impl Outcome for ClpResult {
             &format!("Channel Lipschitzness-based Pruning (data-free): {} channels pruned", self.pruned_channels()),
             &[("no defence".to_string(), self.before), ("CLP".to_string(), self.after)],
         ))
+    }
+
+    fn summary(&self) -> String {
+        let channels: usize = self.layers.iter().map(|l| l.channels).sum();
+        format!(
+            "CLP (data-free) pruned {} of {} channels in {} convolutions: {} (DER {:.2}).",
+            self.pruned_channels(),
+            channels,
+            self.layers.len(),
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

@@ -4,8 +4,8 @@
 //! original's), so that the features shift off the backdoor's direction; vanilla fine-tuning
 //! leaves them entangled at low poisoning rates.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -55,6 +55,15 @@ impl Outcome for FstResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure("Feature Shift Tuning", &[("no defence".to_string(), self.before), ("FST".to_string(), self.after)]))
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "FST fine-tuned with a re-initialised head pushed away from the compromised one (final head cosine {:.2}): {} (DER {:.2}).",
+            self.head_cosine,
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

@@ -2,8 +2,8 @@
 //! Deep Neural Networks"): prune the last convolutional layer's channels that stay dormant on
 //! clean data, then fine-tune.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, triggered_victims, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, triggered_victims, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, LoadMode, Network};
@@ -156,6 +156,24 @@ impl Outcome for FinePruningResult {
             .series("chosen ratio", vec![(r, 0.0), (r, 100.0)])
             .y_range(0.0, 105.0);
         Ok(Figure::new(Chart::Lines(chart)))
+    }
+
+    fn summary(&self) -> String {
+        let before = &self.before.1;
+        let Some((_, last)) = self.after.last() else {
+            return format!("Fine-pruning ran no defence (undefended: ASR {:.1} %, CA {:.1} %).", 100.0 * before.attack_success_rate, 100.0 * before.clean_accuracy);
+        };
+        let pruning_only = match self.after.first() {
+            Some((name, m)) if self.after.len() > 1 => format!("; {name} alone: ASR {:.1} %, CA {:.1} %", 100.0 * m.attack_success_rate, 100.0 * m.clean_accuracy),
+            _ => String::new(),
+        };
+        format!(
+            "Fine-pruning pruned {} of {} channels of the last convolutional layer, then fine-tuned: {} (DER {:.2}){pruning_only}.",
+            self.pruned,
+            self.channels,
+            before_after_sentence(before, last),
+            defence_effectiveness_rate(before, last)
+        )
     }
 }
 

@@ -2,8 +2,8 @@
 //! all you need to mitigate backdoor attacks"), with the backdoor's sequela measured by a
 //! loss-threshold membership-inference attack.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -188,6 +188,27 @@ impl Outcome for FineTuningResult {
         let mut rows = vec![self.before.clone()];
         rows.extend(self.after.iter().cloned());
         Ok(metrics_figure("Fine-tuning defences", &rows))
+    }
+
+    fn summary(&self) -> String {
+        let before = &self.before.1;
+        let runs: Vec<String> = self
+            .after
+            .iter()
+            .map(|(name, m)| format!("{name} gave {} (DER {:.2})", before_after_sentence(before, m), defence_effectiveness_rate(before, m)))
+            .collect();
+        let mia = match &self.mia_auc {
+            Some(auc) if !auc.is_empty() => {
+                let names = std::iter::once(&self.before.0).chain(self.after.iter().map(|(name, _)| name));
+                let pairs: Vec<String> = names.zip(auc).map(|(name, a)| format!("{name} {a:.3}")).collect();
+                format!(" Membership-inference AUC (loss threshold): {}.", pairs.join(", "))
+            }
+            _ => String::new(),
+        };
+        if runs.is_empty() {
+            return format!("No fine-tuning schedule was run.{mia}");
+        }
+        format!("On the defender's clean data, {}.{mia}", runs.join("; "))
     }
 }
 

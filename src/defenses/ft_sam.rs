@@ -5,8 +5,8 @@
 //! the descent from the perturbed point shrinks them, so the backdoor is forgotten while the
 //! clean task is relearnt.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -101,6 +101,19 @@ impl Outcome for FtSamResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure("FT-SAM", &[("no defence".to_string(), self.before), ("FT-SAM".to_string(), self.after)]))
+    }
+
+    fn summary(&self) -> String {
+        let setting = if self.mean_perturbation_norm > 0.0 {
+            format!("FT-SAM fine-tuned with sharpness-aware minimisation (mean perturbation norm {:.3})", self.mean_perturbation_norm)
+        } else {
+            "FT-SAM's ablation (rho 0: plain fine-tuning on the same schedule)".to_string()
+        };
+        format!(
+            "{setting}: {} (DER {:.2}).",
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

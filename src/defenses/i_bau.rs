@@ -12,8 +12,8 @@
 //! vector (documented on [`IBauConfig::difference_step`]).
 
 use super::neuron_masks::clean_batches;
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -143,6 +143,16 @@ impl Outcome for IBauResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure("I-BAU", &[("no defence".to_string(), self.before), ("I-BAU".to_string(), self.after)]))
+    }
+
+    fn summary(&self) -> String {
+        let last = self.perturbation_norms.last().map_or(String::new(), |n| format!(" (last universal perturbation L2 norm {n:.2})"));
+        format!(
+            "I-BAU ran {} rounds of adversarial unlearning on the defender's clean data{last}: {} (DER {:.2}).",
+            self.perturbation_norms.len(),
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

@@ -5,8 +5,8 @@
 //! leaves the trigger's neurons in place; matching the attention of a teacher that has started
 //! to forget them erases them.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -105,6 +105,16 @@ impl Outcome for NadResult {
         let mut rows = vec![("no defence".to_string(), self.before)];
         rows.extend(self.rows());
         Ok(metrics_figure("Neural Attention Distillation", &rows))
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "NAD distilled a fine-tuned teacher's attention into the backdoored model: {} (DER {:.2}); the teacher alone (plain fine-tuning) reached ASR {:.1} %, CA {:.1} %.",
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after),
+            100.0 * self.teacher.attack_success_rate,
+            100.0 * self.teacher.clean_accuracy
+        )
     }
 }
 

@@ -3,9 +3,9 @@
 //! which a fraction carries the inverted trigger *with its true label*, so that the model
 //! learns to ignore it.
 
-use super::probe::{check_data, BackdoorProbe};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
 use super::trigger_inversion::{neural_cleanse, InversionConfig, NeuralCleanseResult};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -68,6 +68,27 @@ impl Outcome for NcUnlearningResult {
         let mut rows = vec![self.before.clone()];
         rows.extend(self.after.iter().cloned());
         Ok(metrics_figure("Neural Cleanse: detection and unlearning", &rows))
+    }
+
+    fn summary(&self) -> String {
+        let before = &self.before.1;
+        let Some((_, after)) = self.after.last() else {
+            return format!("Neural Cleanse flagged {} label(s); no patched model was measured.", self.detection.flagged.len());
+        };
+        if self.detection.flagged.is_empty() {
+            return format!(
+                "Neural Cleanse flagged no label, so the model was left unchanged: ASR {:.1} %, CA {:.1} %.",
+                100.0 * after.attack_success_rate,
+                100.0 * after.clean_accuracy
+            );
+        }
+        let labels: Vec<String> = self.detection.flagged.iter().map(|l| l.to_string()).collect();
+        format!(
+            "Neural Cleanse flagged label {} and unlearned its inverted trigger (stamped on clean data with the true labels): {} (DER {:.2}).",
+            labels.join(", "),
+            before_after_sentence(before, after),
+            defence_effectiveness_rate(before, after)
+        )
     }
 }
 

@@ -62,3 +62,15 @@ pub fn check_data(net: &Network, data: &Dataset, what: &'static str) -> Result<(
     }
     Ok(())
 }
+
+/// "ASR 95.3 % -> 5.4 %, CA 84.6 % -> 82.7 %": what a defence did to the backdoor and to the
+/// clean task, as the defences' summaries quote it.
+pub(crate) fn before_after_sentence(before: &BackdoorMetrics, after: &BackdoorMetrics) -> String {
+    format!(
+        "ASR {:.1} % -> {:.1} %, CA {:.1} % -> {:.1} %",
+        100.0 * before.attack_success_rate,
+        100.0 * after.attack_success_rate,
+        100.0 * before.clean_accuracy,
+        100.0 * after.clean_accuracy
+    )
+}

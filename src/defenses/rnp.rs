@@ -5,8 +5,8 @@
 //! leaves the backdoor's, so the recovery does not need them: the neurons whose masks fall to
 //! low values are the backdoor's, and pruning them in the original model removes it.
 
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -128,6 +128,20 @@ impl Outcome for RnpResult {
             &format!("Reconstructive Neuron Pruning: {} neurons pruned", self.pruned_neurons()),
             &[("no defence".to_string(), self.before), ("RNP unlearned".to_string(), self.unlearned), ("RNP".to_string(), self.after)],
         ))
+    }
+
+    fn summary(&self) -> String {
+        let neurons: usize = self.masks.iter().map(|m| m.values.len()).sum();
+        format!(
+            "RNP unlearned the clean task for {} epochs (CA {:.1} %, ASR {:.1} %), then pruned {} of {} neurons by their recovered masks: {} (DER {:.2}).",
+            self.unlearning_epochs,
+            100.0 * self.unlearned.clean_accuracy,
+            100.0 * self.unlearned.attack_success_rate,
+            self.pruned_neurons(),
+            neurons,
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

@@ -7,8 +7,8 @@
 //! class on the perturbed ones down.
 
 use super::neuron_masks::clean_batches;
-use super::probe::{check_data, BackdoorProbe};
-use crate::attacks::{defence_table, metrics_figure, BackdoorMetrics};
+use super::probe::{before_after_sentence, check_data, BackdoorProbe};
+use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -140,6 +140,22 @@ impl Outcome for SauResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure("SAU", &[("no defence".to_string(), self.before), ("SAU".to_string(), self.after)]))
+    }
+
+    fn summary(&self) -> String {
+        let setting = match self.shared_fraction.last() {
+            Some(&f) => format!(
+                "SAU unlearned shared adversarial examples for {} rounds ({:.1} % of the defender's images still shared in the last)",
+                self.shared_fraction.len(),
+                100.0 * f
+            ),
+            None => "SAU without a perturbation search (fine-tuning on the clean loss alone, the ablation)".to_string(),
+        };
+        format!(
+            "{setting}: {} (DER {:.2}).",
+            before_after_sentence(&self.before, &self.after),
+            defence_effectiveness_rate(&self.before, &self.after)
+        )
     }
 }
 

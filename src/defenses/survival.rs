@@ -194,6 +194,30 @@ impl Outcome for SurvivalResult {
         }
         Ok(Figure::new(Chart::Lines(chart)).with_size(900, 550))
     }
+
+    fn summary(&self) -> String {
+        let Some(last) = self.points.iter().map(|p| p.update).max() else {
+            return "The survival study measured no model.".to_string();
+        };
+        let mut schedules: Vec<&str> = Vec::new();
+        for p in &self.points {
+            if !schedules.contains(&p.schedule.as_str()) {
+                schedules.push(p.schedule.as_str());
+            }
+        }
+        let mean_asr = |schedule: &str, update: usize| {
+            let v: Vec<f64> = self.points.iter().filter(|p| p.schedule == schedule && p.update == update).map(|p| p.attack_success_rate).collect();
+            100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        let first = schedules.first().copied().unwrap_or("");
+        let settings = self.points.iter().filter(|p| p.schedule == first && p.update == 0).count();
+        let after: Vec<String> = schedules.iter().map(|&s| format!("{:.1} % with the {s} schedule", mean_asr(s, last))).collect();
+        format!(
+            "Over {settings} trigger-size x poison-rate settings, the backdoor's mean ASR went from {:.1} % before any update to {} after {last} clean updates on drifting data.",
+            mean_asr(first, 0),
+            after.join(" and ")
+        )
+    }
 }
 
 /// Run the study: for each trigger size and poison rate, poison `initial` once, train a model

@@ -304,6 +304,26 @@ impl Outcome for NeuralCleanseResult {
         let rows = self.triggers.len().div_ceil(10) as u32;
         Ok(Figure::new(Chart::Grid(grid)).with_size(1000, 60 + 130 * rows))
     }
+
+    fn summary(&self) -> String {
+        let k = self.triggers.len();
+        if k == 0 {
+            return "Neural Cleanse inverted no trigger.".to_string();
+        }
+        let norms: Vec<f64> = self.triggers.iter().map(|t| t.l1).collect();
+        let flagged: Vec<String> = self
+            .triggers
+            .iter()
+            .zip(&self.anomaly_index)
+            .filter(|(t, _)| self.flagged.contains(&t.target))
+            .map(|(t, a)| format!("label {} (mask L1 {:.1}, anomaly index {:.1})", t.target, t.l1, a))
+            .collect();
+        if flagged.is_empty() {
+            let top = self.anomaly_index.iter().copied().fold(f64::NAN, f64::max);
+            return format!("Neural Cleanse inverted a trigger for each of {k} labels (median mask L1 {:.1}) and flagged none (largest anomaly index {top:.1}).", median(&norms));
+        }
+        format!("Neural Cleanse inverted a trigger for each of {k} labels (median mask L1 {:.1}) and flagged {}.", median(&norms), flagged.join(", "))
+    }
 }
 
 /// Neural Cleanse (Wang et al. 2019), the module's entry point: invert a trigger for every
@@ -394,6 +414,25 @@ impl Outcome for LabelPairScanResult {
             grid = grid.image(t.image(self.shape), &format!("{}->{}: {:.1}, {:.0}%", t.source.unwrap_or(0), t.target, t.l1, 100.0 * t.asr));
         }
         Ok(Figure::new(Chart::Grid(grid)).with_size(800, 360))
+    }
+
+    fn summary(&self) -> String {
+        let natural = self.natural_backdoors();
+        let smallest = self.pairs.iter().min_by(|a, b| a.l1.total_cmp(&b.l1));
+        let pair = |t: &InvertedTrigger| {
+            format!("{} -> {} (mask L1 {:.1}, ASR {:.1} %)", t.source.map_or("any".to_string(), |s| s.to_string()), t.target, t.l1, 100.0 * t.asr)
+        };
+        let found = match (natural.first().copied(), smallest) {
+            (Some(t), _) => format!("natural backdoors found: {}, the smallest {}", natural.len(), pair(t)),
+            (None, Some(t)) => format!("none is a natural backdoor; the smallest mask is {}", pair(t)),
+            (None, None) => "no pair was scanned".to_string(),
+        };
+        format!(
+            "The natural-backdoor scan (Tao et al. 2022) inverted triggers for {} label pairs (natural: ASR >= {:.1} % with mask L1 <= {:.1}); {found}.",
+            self.pairs.len(),
+            100.0 * self.asr_threshold,
+            self.small_mask_l1
+        )
     }
 }
 

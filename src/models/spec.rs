@@ -56,6 +56,48 @@ pub enum Arch {
     Backdoored { base: Box<Arch>, detector: TriggerDetector },
 }
 
+impl Arch {
+    /// The architecture behind a registry name of [`MODEL_NAMES`]: how the command line and
+    /// the grid's recipes name a network. In code, prefer the variant itself (a typo is then a
+    /// compile error).
+    ///
+    /// ```
+    /// use transferlab::models::Arch;
+    /// assert_eq!(Arch::named("resnet20")?, Arch::CifarResNet { depth: 20 });
+    /// assert!(Arch::named("lenet").unwrap_err().to_string().contains("known models"));
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn named(name: &str) -> Result<Self> {
+        Ok(match name {
+            "mlp" => Arch::Mlp { hidden: vec![256, 256] },
+            "convnet" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Instance },
+            "convnet-bn" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Batch },
+            "cnn3" => Arch::SmallCnn,
+            "badnets-cnn" => Arch::BadNetsCnn,
+            "resnet8" => Arch::CifarResNet { depth: 8 },
+            "resnet20" => Arch::CifarResNet { depth: 20 },
+            "resnet32" => Arch::CifarResNet { depth: 32 },
+            "resnet44" => Arch::CifarResNet { depth: 44 },
+            "resnet56" => Arch::CifarResNet { depth: 56 },
+            "preact-resnet18" => Arch::PreActResNet18,
+            "resnet18" => Arch::ResNet18,
+            "resnet50" => Arch::ResNet50,
+            "resnetv2-50x1-bit" | "resnetv2_50x1_bit" => {
+                Arch::ResNetV2 { stem: 64, widths: vec![256, 512, 1024, 2048], depths: vec![3, 4, 6, 3], groups: 32 }
+            }
+            "bagnet-3" => Arch::BagNet { width: 64, depth: 2, patch: 3 },
+            "resnetv2-tiny" => Arch::ResNetV2 { stem: 16, widths: vec![32, 64, 128, 256], depths: vec![1, 1, 1, 1], groups: 8 },
+            other => {
+                let known: Vec<&str> = MODEL_NAMES.iter().map(|(n, _)| *n).collect();
+                return Err(Error::invalid(
+                    "model name",
+                    format!("unknown model {other:?}; known models: {}", known.join(", ")),
+                ));
+            }
+        })
+    }
+}
+
 /// Per-channel input normalisation, `(x - mean) / std`, computed inside the network's forward
 /// pass. Data, triggers, masks and perturbation budgets stay in pixel space [0, 1] whatever the
 /// model: a trigger stamped on an image means the same on every network, and a model trained
@@ -159,36 +201,9 @@ pub const MODEL_NAMES: &[(&str, &str)] = &[
 ];
 
 impl ModelSpec {
-    /// A model from its registry name (see [`MODEL_NAMES`]).
+    /// A model from its registry name (see [`MODEL_NAMES`] and [`Arch::named`]).
     pub fn named(name: &str, input: (usize, usize, usize), num_classes: usize) -> Result<Self> {
-        let arch = match name {
-            "mlp" => Arch::Mlp { hidden: vec![256, 256] },
-            "convnet" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Instance },
-            "convnet-bn" => Arch::ConvNet { width: 128, depth: 3, norm: Norm::Batch },
-            "cnn3" => Arch::SmallCnn,
-            "badnets-cnn" => Arch::BadNetsCnn,
-            "resnet8" => Arch::CifarResNet { depth: 8 },
-            "resnet20" => Arch::CifarResNet { depth: 20 },
-            "resnet32" => Arch::CifarResNet { depth: 32 },
-            "resnet44" => Arch::CifarResNet { depth: 44 },
-            "resnet56" => Arch::CifarResNet { depth: 56 },
-            "preact-resnet18" => Arch::PreActResNet18,
-            "resnet18" => Arch::ResNet18,
-            "resnet50" => Arch::ResNet50,
-            "resnetv2-50x1-bit" | "resnetv2_50x1_bit" => {
-                Arch::ResNetV2 { stem: 64, widths: vec![256, 512, 1024, 2048], depths: vec![3, 4, 6, 3], groups: 32 }
-            }
-            "bagnet-3" => Arch::BagNet { width: 64, depth: 2, patch: 3 },
-            "resnetv2-tiny" => Arch::ResNetV2 { stem: 16, widths: vec![32, 64, 128, 256], depths: vec![1, 1, 1, 1], groups: 8 },
-            other => {
-                let known: Vec<&str> = MODEL_NAMES.iter().map(|(n, _)| *n).collect();
-                return Err(Error::invalid(
-                    "model name",
-                    format!("unknown model {other:?}; known models: {}", known.join(", ")),
-                ));
-            }
-        };
-        Self::new(arch, input, num_classes)
+        Self::new(Arch::named(name)?, input, num_classes)
     }
 
     /// A model from an explicit architecture; checks the input shape and class count.

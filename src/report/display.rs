@@ -31,25 +31,49 @@ impl Figure {
 /// assert!(t.to_html().contains("<td>clean</td>"));
 /// ```
 #[derive(Debug, Clone)]
-pub struct Table(pub DataFrame);
+pub struct Table(pub DataFrame, Option<String>);
 
 impl From<DataFrame> for Table {
     fn from(df: DataFrame) -> Self {
-        Table(df)
+        Table(df, None)
     }
 }
 
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{}", self.0)?;
+        match &self.1 {
+            Some(caption) => write!(f, "\n{caption}"),
+            None => Ok(()),
+        }
     }
 }
 
 impl Table {
+    /// The table with a sentence under it (an [`Outcome`](super::Outcome)'s summary).
+    ///
+    /// ```
+    /// use transferlab::report::Table;
+    /// let t = Table::from(polars::df!("asr" => [0.01]).unwrap()).with_caption("ASR 1 %.");
+    /// assert!(t.to_html().contains("ASR 1 %.") && t.to_string().ends_with("ASR 1 %."));
+    /// ```
+    pub fn with_caption(self, caption: impl Into<String>) -> Self {
+        Table(self.0, Some(caption.into()))
+    }
+
+    /// The caption, if any.
+    pub fn caption(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
     /// The table as an HTML `<table>` (floats with 4 significant decimals).
     pub fn to_html(&self) -> String {
         let df = &self.0;
-        let mut html = String::from("<table><thead><tr>");
+        let mut html = String::from("<table>");
+        if let Some(caption) = &self.1 {
+            html.push_str(&format!("<caption style=\"caption-side: bottom; text-align: left\">{}</caption>", escape(caption)));
+        }
+        html.push_str("<thead><tr>");
         for name in df.get_column_names() {
             html.push_str(&format!("<th>{}</th>", escape(name.as_str())));
         }
@@ -77,7 +101,7 @@ impl Table {
     /// Show the table in a notebook: HTML, with the text rendering as a fallback.
     pub fn evcxr_display(&self) {
         emit("text/html", &self.to_html());
-        emit("text/plain", &self.0.to_string());
+        emit("text/plain", &self.to_string());
     }
 }
 

@@ -17,9 +17,9 @@ fn data() -> (Dataset, Dataset, Dataset) {
 fn quick() -> BiasTransferConfig {
     let mut cfg = BiasTransferConfig::default();
     cfg.arch = Arch::Mlp { hidden: vec![64] };
-    cfg.source_training.epochs = 6;
-    cfg.source_training.schedule = transferlab::train::LrSchedule::Constant { lr: 0.05 };
-    cfg.target_training.epochs = 4;
+    cfg.pretrain.epochs = 6;
+    cfg.pretrain.schedule = transferlab::train::LrSchedule::Constant { lr: 0.05 };
+    cfg.finetune.epochs = 4;
     cfg.progress = ProgressMode::Hidden;
     cfg
 }

@@ -22,7 +22,7 @@ fn quick() -> LinearProbeConfig {
         SourceRecipe::new("big", Arch::Mlp { hidden: vec![64] }, 6, 0.0),
     ];
     cfg.l2_grid = log_grid(1e-4, 1.0, 3);
-    cfg.fine_tuning.as_mut().unwrap().epochs = 2;
+    cfg.finetune.as_mut().unwrap().epochs = 2;
     cfg.progress = ProgressMode::Hidden;
     cfg
 }
@@ -97,7 +97,7 @@ fn pretrained_sources_transfer_exactly_as_the_trained_ones() {
         let seed = cfg.seed + m as u64;
         let spec = ModelSpec::new(recipe.arch.clone(), st.shape, st.num_classes()).unwrap();
         let mut net = Network::new(&spec, seed, &candle_core::Device::Cpu).unwrap();
-        let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.source_training.clone() };
+        let tc = TrainConfig { epochs: recipe.epochs, label_smoothing: recipe.label_smoothing, seed, ..cfg.pretrain.clone() };
         train(&mut net, &st, None, &tc).unwrap();
         let source_accuracy = accuracy(&net, &ss).unwrap();
         sources.push(PretrainedSource { name: recipe.name.clone(), network: net, source_accuracy, source_test_size: ss.len() });

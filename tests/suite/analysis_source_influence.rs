@@ -15,7 +15,7 @@ fn data() -> (Dataset, Dataset, Dataset) {
 fn quick() -> SourceInfluenceConfig {
     let mut cfg = SourceInfluenceConfig::default();
     cfg.models = 8;
-    cfg.source_training.epochs = 2;
+    cfg.pretrain.epochs = 2;
     cfg.random_repeats = 2;
     cfg.counterfactual_seeds = 1;
     cfg.progress = ProgressMode::Hidden;

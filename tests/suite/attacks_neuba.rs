@@ -29,8 +29,6 @@ fn bad_configurations_are_refused_with_a_reason() {
     assert!(e.contains("prune fraction"), "{e}");
     let e = err(NeubaConfig { test_fraction: 0.0, ..Default::default() });
     assert!(e.contains("test fraction"), "{e}");
-    let e = err(NeubaConfig { model: "lenet".into(), ..Default::default() });
-    assert!(e.contains("unknown model"), "{e}");
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn watermark_verifies_the_marked_model_only() {
     let (train, test) = data();
     let mut cfg = WatermarkConfig { removals: vec![Removal::Ftll, Removal::Rtal], ..Default::default() };
     cfg.train.progress = ProgressMode::Hidden;
-    cfg.removal_train = TrainConfig { epochs: 5, progress: ProgressMode::Hidden, ..cfg.removal_train };
+    cfg.finetune = TrainConfig { epochs: 5, progress: ProgressMode::Hidden, ..cfg.finetune };
     let r = watermark::run(&train, &test, &cfg).unwrap();
     let clean = r.row("clean model").unwrap();
     let marked = r.row("watermarked").unwrap();
@@ -80,7 +80,7 @@ fn same_seed_same_numbers() {
     let train = train.per_class_sample(40, 0).unwrap();
     let mut cfg = WatermarkConfig { trigger_set_size: 20, trigger_per_batch: 4, removals: vec![Removal::Rtll], ..Default::default() };
     cfg.train = TrainConfig { epochs: 2, progress: ProgressMode::Hidden, ..cfg.train };
-    cfg.removal_train = TrainConfig { epochs: 1, progress: ProgressMode::Hidden, ..cfg.removal_train };
+    cfg.finetune = TrainConfig { epochs: 1, progress: ProgressMode::Hidden, ..cfg.finetune };
     let a = watermark::run(&train, &test, &cfg).unwrap();
     let b = watermark::run(&train, &test, &cfg).unwrap();
     assert_eq!(a.rows, b.rows);

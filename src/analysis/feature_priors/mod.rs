@@ -93,7 +93,7 @@ pub struct FeaturePriorsConfig {
     /// Share of the pool pseudo-labelled in era `e` is `min(1, e * fraction_per_era)`; in (0, 1].
     pub fraction_per_era: f64,
     /// Seeds every network's initialisation (the same for every retraining).
-    pub init_seed: u64,
+    pub model_seed: u64,
     /// Progress over the trainings (the trainings themselves report nothing).
     pub progress: ProgressMode,
     /// Where the networks are built and trained: `Device::Cpu` by default; a GPU with the
@@ -135,7 +135,7 @@ impl Default for FeaturePriorsConfig {
             edge_sigma: 0.0,
             eras: 3,
             fraction_per_era: 1.0 / 3.0,
-            init_seed: 0,
+            model_seed: 0,
             progress: ProgressMode::Bar,
         }
     }

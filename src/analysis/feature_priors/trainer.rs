@@ -60,7 +60,7 @@ impl Trainer<'_> {
         };
         let mut net = match start {
             Some(net) => net.duplicate()?,
-            None => Network::new(&ModelSpec::new(arch.clone(), data.shape, data.num_classes())?, self.cfg.init_seed, &self.cfg.device)?,
+            None => Network::new(&ModelSpec::new(arch.clone(), data.shape, data.num_classes())?, self.cfg.model_seed, &self.cfg.device)?,
         };
         let train_cfg = if era == 0 { &self.cfg.train } else { self.cfg.era_train.as_ref().unwrap_or(&self.cfg.train) };
         let train_cfg = TrainConfig { progress: ProgressMode::Hidden, ..train_cfg.clone() };

@@ -14,7 +14,7 @@
 pub mod doorping;
 pub mod gradient_matching;
 
-use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{evaluate_backdoor, metrics_figure, metrics_table, percent, BackdoorMetrics};
 use super::poison::{poison, PoisonConfig, TargetMode};
 use super::trigger::{PatchFill, Placement, Trigger};
 use crate::data::Dataset;
@@ -355,6 +355,15 @@ impl Outcome for DistillationBackdoorResult {
 
     fn figure(&self) -> Result<Figure> {
         Ok(metrics_figure(&format!("Models trained only on distilled digits ({} per class): CA and ASR", self.ipc), &self.rows()))
+    }
+
+    fn summary(&self) -> String {
+        let variants: Vec<String> = self
+            .variants
+            .iter()
+            .map(|v| format!("{} ASR {} at CA {}", v.variant.name(), percent(v.metrics.attack_success_rate), percent(v.metrics.clean_accuracy)))
+            .collect();
+        format!("Models trained only on {} distilled images per class (target class {}): {}.", self.ipc, self.target, variants.join("; "))
     }
 }
 

@@ -2,8 +2,9 @@
 //! and their triggered copies), the model behind the filter, and their result.
 
 use super::metrics::{score_histogram, DetectionMetrics};
-use crate::attacks::{defence_table, triggered_victims, BackdoorMetrics};
+use crate::attacks::{defence_effectiveness_rate, defence_table, triggered_victims, BackdoorMetrics};
 use crate::data::Dataset;
+use crate::defenses::probe::before_after_sentence;
 use crate::defenses::BackdoorProbe;
 use crate::error::Result;
 use crate::report::{Figure, Outcome};
@@ -103,5 +104,21 @@ impl Outcome for InputDetectionResult {
     /// The score distributions of clean and triggered inputs.
     fn figure(&self) -> Result<Figure> {
         score_histogram(&self.method, &self.score_name, &self.scores, &self.poisoned, Some(self.threshold))
+    }
+
+    fn summary(&self) -> String {
+        let pct = |x: f64| if x.is_finite() { format!("{:.1} %", 100.0 * x) } else { "n/a".to_string() };
+        let d = &self.detection;
+        let auroc = if d.auroc.is_finite() { format!("{:.3}", d.auroc) } else { "n/a".to_string() };
+        format!(
+            "{} screened {} test inputs ({} triggered): AUROC {auroc}, TPR at 5 % FPR {}, {} of clean inputs rejected. Behind the filter: {} (DER {:.2}).",
+            self.method,
+            d.samples,
+            d.poisoned,
+            pct(d.tpr_at_5_fpr),
+            pct(d.false_positive_rate),
+            before_after_sentence(&self.without_filter, &self.behind_filter),
+            defence_effectiveness_rate(&self.without_filter, &self.behind_filter)
+        )
     }
 }

@@ -87,6 +87,24 @@ impl Outcome for MmBdResult {
         let chart = BarChart::new(&format!("MM-BD: {verdict}"), "maximum logit margin", labels).series("margin", self.max_margins.clone());
         Ok(Figure::new(Chart::Bars(chart)))
     }
+
+    fn summary(&self) -> String {
+        let k = self.max_margins.len();
+        match self.flagged {
+            Some(c) => {
+                let margin = self.max_margins.get(c as usize).copied().unwrap_or(f64::NAN);
+                let index = self.anomaly_index.get(c as usize).copied().unwrap_or(f64::NAN);
+                format!(
+                    "MM-BD (data-free) flagged class {c} of {k} as the backdoor target: its maximum logit margin {margin:.2} (anomaly index {index:.1}) is an outlier under the gamma null of the others (p = {:.2e}).",
+                    self.p_value
+                )
+            }
+            None => {
+                let top = self.max_margins.iter().copied().fold(f64::NAN, f64::max);
+                format!("MM-BD (data-free) detected no backdoor: the largest maximum logit margin of the {k} classes, {top:.2}, is no outlier (p = {:.3}).", self.p_value)
+            }
+        }
+    }
 }
 
 /// Run MM-BD on `net`; it needs no data, only the input shape the model declares.

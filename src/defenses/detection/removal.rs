@@ -2,8 +2,9 @@
 //! (drop the flagged samples, retrain), and their result.
 
 use super::metrics::{score_histogram, DetectionMetrics};
-use crate::attacks::{defence_table, BackdoorMetrics};
+use crate::attacks::{defence_effectiveness_rate, defence_table, BackdoorMetrics};
 use crate::data::Dataset;
+use crate::defenses::probe::before_after_sentence;
 use crate::defenses::{check_data, BackdoorProbe};
 use crate::error::{Error, Result};
 use crate::models::Network;
@@ -103,5 +104,25 @@ impl Outcome for PoisonDetectionResult {
     /// The score distributions of clean and poisoned training samples.
     fn figure(&self) -> Result<Figure> {
         score_histogram(&self.method, &self.score_name, &self.scores, &self.poisoned, self.threshold)
+    }
+
+    fn summary(&self) -> String {
+        let pct = |x: f64| if x.is_finite() { format!("{:.1} %", 100.0 * x) } else { "n/a".to_string() };
+        let d = &self.detection;
+        let auroc = if d.auroc.is_finite() { format!("{:.3}", d.auroc) } else { "n/a".to_string() };
+        let removal = match &self.retrained {
+            Some(m) => format!(" Retraining without them: {} (DER {:.2}).", before_after_sentence(&self.before, m), defence_effectiveness_rate(&self.before, m)),
+            None => String::new(),
+        };
+        format!(
+            "{} flagged {} of {} training samples ({} truly poisoned): AUROC {auroc}, TPR at 5 % FPR {}, precision {}, recall {}.{removal}",
+            self.method,
+            d.flagged,
+            d.samples,
+            d.poisoned,
+            pct(d.tpr_at_5_fpr),
+            pct(d.precision),
+            pct(d.recall)
+        )
     }
 }
