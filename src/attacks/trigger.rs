@@ -1,8 +1,10 @@
 //! Backdoor triggers: stamped patches (solid, checkerboard or any image) at a fixed corner or a
 //! random location, blended full-image patterns, additive signals (SIG's sinusoid, FTrojan's
-//! frequency pattern) and image transforms (WaNet's warp, BppAttack's colour-depth squeeze).
+//! frequency pattern), image transforms (WaNet's warp, BppAttack's colour-depth squeeze) and
+//! ReFool's reflections.
 
 use super::frequency_trigger::FrequencyTrigger;
+use super::reflection_trigger::ReflectionTrigger;
 use super::warp_trigger::WarpTrigger;
 use crate::error::{Error, Result};
 use crate::rng::{stream, SeededRng};
@@ -81,6 +83,9 @@ pub enum Trigger {
     /// universal perturbation (Zeng et al. 2021). `channels` is 1 (the same on every channel)
     /// or the images' C; `pixels` is channels x H x W.
     Additive { channels: usize, pixels: Vec<f32> },
+    /// ReFool (Liu et al. 2020): a reflection of a pool image mixed in, as a ghost or out of
+    /// focus, drawn per image.
+    Reflection(ReflectionTrigger),
 }
 
 impl Trigger {
@@ -196,6 +201,7 @@ impl Trigger {
             }
             Trigger::Frequency(t) => t.validate(shape)?,
             Trigger::Warp(t) => t.validate(shape)?,
+            Trigger::Reflection(t) => t.validate(shape)?,
             Trigger::Additive { channels, pixels } => {
                 if *channels != 1 && *channels != c {
                     return Err(Error::invalid("trigger", format!("additive pattern has {channels} channels, images have {c}")));
@@ -291,6 +297,11 @@ impl Trigger {
             }
             Trigger::Warp(t) => t.warp(image, shape)?,
             Trigger::ColorDepth { levels, dither } => squeeze(image, shape, *levels, *dither),
+            // Without a generator, the first draw of a fixed one: the same reflection each call.
+            Trigger::Reflection(t) => match rng {
+                Some(rng) => t.apply(image, rng),
+                None => t.apply(image, &mut stream(0, "trigger.reflection")),
+            },
         }
         Ok(())
     }

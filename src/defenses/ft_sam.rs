@@ -167,7 +167,7 @@ impl Objective for SharpnessAware {
         Ok((cross_entropy(&perturbed, s.y, self.label_smoothing)?, logits))
     }
 
-    fn after_backward(&mut self) -> Result<()> {
+    fn after_backward(&mut self, _grads: &candle_core::backprop::GradStore) -> Result<()> {
         for (var, w) in self.vars.iter().zip(self.saved.drain(..)) {
             var.set(&w)?;
         }

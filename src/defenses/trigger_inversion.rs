@@ -270,7 +270,7 @@ impl NeuralCleanseResult {
 fn trigger_footprint(trigger: &Trigger, shape: (usize, usize, usize)) -> Result<Vec<bool>> {
     let (c, h, w) = shape;
     match trigger {
-        Trigger::Blend { .. } | Trigger::Warp(_) | Trigger::ColorDepth { .. } => Ok(vec![true; h * w]),
+        Trigger::Blend { .. } | Trigger::Warp(_) | Trigger::ColorDepth { .. } | Trigger::Reflection(_) => Ok(vec![true; h * w]),
         _ => {
             let mut a = vec![0.25f32; c * h * w];
             let mut b = vec![0.75f32; c * h * w];

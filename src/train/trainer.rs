@@ -10,6 +10,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{LoadMode, Network};
 use crate::rng::{permutation, stream_at, SeededRng};
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, D};
 use polars::prelude::{DataFrame, NamedFrom, Series};
 use std::path::PathBuf;
@@ -139,8 +140,11 @@ pub trait Objective {
 
     /// Called after the loss's gradients are computed and before the optimiser applies them:
     /// where an objective that moved the weights to take its gradient elsewhere (SAM's
-    /// ascent step) puts them back, so that the step starts from the weights it left.
-    fn after_backward(&mut self) -> Result<()> {
+    /// ascent step) puts them back, so that the step starts from the weights it left, and
+    /// where one that trains a network of its own on the same loss (the Input-aware attack's
+    /// trigger generator) steps it: `grads` holds the gradient of every variable the loss
+    /// depends on.
+    fn after_backward(&mut self, _grads: &GradStore) -> Result<()> {
         Ok(())
     }
 
@@ -338,7 +342,7 @@ pub fn train_with(
                     return Err(Error::NonFinite { epoch, step, what: "gradient norm", value: norm as f32 });
                 }
             }
-            objective.after_backward()?;
+            objective.after_backward(&grads)?;
             optimizer.step(&vars, &grads, lr)?;
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
