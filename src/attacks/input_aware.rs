@@ -7,7 +7,7 @@
 //! only on the image it was made for.
 
 use super::input_aware_generator::InputAwareGenerator;
-use super::metrics::{attack_sentence, metrics_figure, metrics_table, percent, BackdoorMetrics};
+use super::metrics::{attack_sentence, metrics_figure, metrics_on_triggered, metrics_table, percent, BackdoorMetrics};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, ModelSpec, Network};
@@ -384,15 +384,7 @@ pub fn run(train: &Dataset, test: &Dataset, cfg: &InputAwareConfig) -> Result<In
         m.pixels().iter().map(|&v| v as f64).sum::<f64>() / m.pixels().len().max(1) as f64
     };
     let measure = |net: &Network| -> Result<(BackdoorMetrics, f64)> {
-        let pred = predict(net, &triggered)?;
-        let metrics = BackdoorMetrics {
-            clean_accuracy: fraction_equal(&predict(net, test)?, &test.labels),
-            attack_success_rate: fraction_equal(&pred, &vec![cfg.target; pred.len()]),
-            robust_accuracy: fraction_equal(&pred, &triggered.labels),
-            n_clean: test.len(),
-            n_triggered: pred.len(),
-        };
-        Ok((metrics, fraction_equal(&predict(net, &crossed)?, &crossed.labels)))
+        Ok((metrics_on_triggered(net, test, &triggered, cfg.target)?, fraction_equal(&predict(net, &crossed)?, &crossed.labels)))
     };
     let ((victim_metrics, victim_cross), (clean_metrics, clean_cross)) = (measure(&victim)?, measure(&reference)?);
     Ok(InputAwareResult {

@@ -5,6 +5,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::init::{initialise, InitScheme};
+use super::trigger_generator::map_images;
 use crate::models::layers::{conv_bn, max_pool2d, BatchNorm, Conv2d};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -130,18 +131,10 @@ impl InputAwareGenerator {
     /// The generator's output for every image of `ds`, in batches, without recording a graph,
     /// in eval mode: a dataset of the outputs (`mask = true`: [`Self::mask`]), labels kept.
     pub fn outputs(&self, ds: &Dataset, mask: bool, device: &Device) -> Result<Dataset> {
-        let (c, h, w) = ds.shape;
-        if c != self.in_channels {
-            return Err(Error::invalid("Input-aware generator", format!("it was built for {} channels; the data have {c}", self.in_channels)));
+        if ds.shape.0 != self.in_channels {
+            return Err(Error::invalid("Input-aware generator", format!("it was built for {} channels; the data have {}", self.in_channels, ds.shape.0)));
         }
-        let mut pixels = Vec::with_capacity(ds.len() * self.out_channels * h * w);
-        for start in (0..ds.len()).step_by(256) {
-            let end = (start + 256).min(ds.len());
-            let x = Tensor::from_slice(&ds.pixels()[start * c * h * w..end * c * h * w], (end - start, c, h, w), device)?;
-            let y = if mask { self.mask(&x, false)? } else { self.forward(&x, false)? };
-            pixels.extend(y.detach().flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
-        }
-        ds.with_pixels(pixels, (self.out_channels, h, w))
+        map_images(ds, self.out_channels, device, |x| if mask { self.mask(x, false) } else { self.forward(x, false) })
     }
 
     /// The trainable parameters, by name (the batch norms' running statistics are not).

@@ -5,14 +5,13 @@
 //! and send perturbed ones to the target, in alternation; then the classifier is fine-tuned
 //! against the frozen generator.
 
-use super::metrics::{attack_sentence, metrics_figure, metrics_table, BackdoorMetrics};
+use super::metrics::{attack_sentence, metrics_figure, metrics_on_triggered, metrics_table, BackdoorMetrics};
 use super::trigger_generator::TriggerGenerator;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, ModelSpec, Network};
 use crate::report::{Figure, Outcome};
-use crate::train::evaluate::fraction_equal;
-use crate::train::{cross_entropy, predict, train_with, LrSchedule, Objective, Optimizer, OptimizerConfig, Step, TrainConfig};
+use crate::train::{cross_entropy, train_with, LrSchedule, Objective, Optimizer, OptimizerConfig, Step, TrainConfig};
 use candle_core::{Device, Tensor};
 use polars::prelude::DataFrame;
 
@@ -183,19 +182,6 @@ impl Outcome for LiraResult {
     }
 }
 
-/// CA on `test`, and ASR / RA on `triggered`: `test`'s non-target images perturbed by the
-/// learnt generator (made once, measured on both models).
-fn measure(net: &Network, test: &Dataset, triggered: &Dataset, target: u32) -> Result<BackdoorMetrics> {
-    let pred = predict(net, triggered)?;
-    Ok(BackdoorMetrics {
-        clean_accuracy: fraction_equal(&predict(net, test)?, &test.labels),
-        attack_success_rate: fraction_equal(&pred, &vec![target; pred.len()]),
-        robust_accuracy: fraction_equal(&pred, &triggered.labels),
-        n_clean: test.len(),
-        n_triggered: pred.len(),
-    })
-}
-
 /// Train a LIRA victim on `train` (the generator with it), a clean reference of the same seed
 /// and length of training, and measure both on `test` with the learnt trigger.
 ///
@@ -237,6 +223,7 @@ pub fn run(train: &Dataset, test: &Dataset, cfg: &LiraConfig) -> Result<LiraResu
     let chosen = test.select(&victims)?;
     let triggered = generator.perturb_dataset(&chosen, cfg.epsilon, &cfg.device)?;
     let perturbation_linf = triggered.pixels().iter().zip(chosen.pixels()).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-    let (victim_metrics, clean_metrics) = (measure(&victim, test, &triggered, cfg.target)?, measure(&reference, test, &triggered, cfg.target)?);
+    // The trigger is made once, from the test set's non-target images, and measured on both models.
+    let (victim_metrics, clean_metrics) = (metrics_on_triggered(&victim, test, &triggered, cfg.target)?, metrics_on_triggered(&reference, test, &triggered, cfg.target)?);
     Ok(LiraResult { config: cfg.clone(), victim: victim_metrics, clean_reference: clean_metrics, perturbation_linf, generator_loss, generator })
 }

@@ -106,17 +106,10 @@ impl TriggerGenerator {
 
     /// Every image of `ds` perturbed (in batches, without recording a graph), labels kept.
     pub fn perturb_dataset(&self, ds: &Dataset, epsilon: f64, device: &Device) -> Result<Dataset> {
-        let (c, h, w) = ds.shape;
-        if c != self.channels {
-            return Err(Error::invalid("trigger generator", format!("it was built for {} channels; the data have {c}", self.channels)));
+        if ds.shape.0 != self.channels {
+            return Err(Error::invalid("trigger generator", format!("it was built for {} channels; the data have {}", self.channels, ds.shape.0)));
         }
-        let mut pixels = Vec::with_capacity(ds.pixels().len());
-        for start in (0..ds.len()).step_by(256) {
-            let end = (start + 256).min(ds.len());
-            let x = Tensor::from_slice(&ds.pixels()[start * c * h * w..end * c * h * w], (end - start, c, h, w), device)?;
-            pixels.extend(self.perturb(&x, epsilon, false)?.detach().flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
-        }
-        ds.with_pixels(pixels, ds.shape)
+        map_images(ds, ds.shape.0, device, |x| self.perturb(x, epsilon, false))
     }
 
     /// The trainable parameters, by name (the batch norms' running statistics are not).
@@ -146,3 +139,17 @@ impl TriggerGenerator {
     }
 }
 
+
+/// `f` applied to every image of `ds` in batches of 256 on `device`, without recording a
+/// graph: a dataset of its outputs (`out_channels` maps of the images' size), labels kept.
+/// How a trained generator is run over a whole dataset.
+pub(super) fn map_images(ds: &Dataset, out_channels: usize, device: &Device, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Dataset> {
+    let (c, h, w) = ds.shape;
+    let mut pixels = Vec::with_capacity(ds.len() * out_channels * h * w);
+    for start in (0..ds.len()).step_by(256) {
+        let end = (start + 256).min(ds.len());
+        let x = Tensor::from_slice(&ds.pixels()[start * c * h * w..end * c * h * w], (end - start, c, h, w), device)?;
+        pixels.extend(f(&x)?.detach().flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
+    }
+    ds.with_pixels(pixels, (out_channels, h, w))
+}
