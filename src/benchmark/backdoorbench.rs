@@ -436,19 +436,22 @@ pub struct BenchCell {
     pub detection: Option<DetectionScores>,
 }
 
-/// A detector's quality in a cell: AUROC of its score, and the recall and false-positive rate
-/// of what it flagged (poisoned training samples for the removal defences, triggered test
-/// inputs for the input filters).
+/// A detector's quality in a cell: AUROC of its score, the fraction of poisoned samples caught
+/// at 5 % false positives, and the recall and false-positive rate of what it flagged (poisoned
+/// training samples for the removal defences, triggered test inputs for the input filters).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectionScores {
     pub auroc: f64,
+    /// NaN where it is undefined (see [`DetectionMetrics`]) and for cells logged before the
+    /// benchmark recorded it.
+    pub tpr_at_5_fpr: f64,
     pub recall: f64,
     pub false_positive_rate: f64,
 }
 
 impl From<&DetectionMetrics> for DetectionScores {
     fn from(m: &DetectionMetrics) -> Self {
-        Self { auroc: m.auroc, recall: m.recall, false_positive_rate: m.false_positive_rate }
+        Self { auroc: m.auroc, tpr_at_5_fpr: m.tpr_at_5_fpr, recall: m.recall, false_positive_rate: m.false_positive_rate }
     }
 }
 
@@ -757,7 +760,12 @@ fn run_attack(
             let der = defence_effectiveness_rate(&before, &after);
             let mut values = metric_values(&after, Some(der), started.elapsed().as_secs_f64());
             if let Some(d) = detection {
-                values.extend([("auroc".to_string(), d.auroc), ("det_recall".to_string(), d.recall), ("det_fpr".to_string(), d.false_positive_rate)]);
+                values.extend([
+                    ("auroc".to_string(), d.auroc),
+                    ("det_tpr5".to_string(), d.tpr_at_5_fpr),
+                    ("det_recall".to_string(), d.recall),
+                    ("det_fpr".to_string(), d.false_positive_rate),
+                ]);
             }
             Ok(values)
         })?;
@@ -895,7 +903,12 @@ fn collect(cfg: &BackdoorBenchConfig) -> Result<BackdoorBenchResult> {
             };
             let detection = row.as_ref().and_then(|r| {
                 let f = |k: &str| r.get(k).and_then(Value::as_f64);
-                Some(DetectionScores { auroc: f("auroc")?, recall: f("det_recall")?, false_positive_rate: f("det_fpr")? })
+                Some(DetectionScores {
+                    auroc: f("auroc")?,
+                    tpr_at_5_fpr: f("det_tpr5").unwrap_or(f64::NAN),
+                    recall: f("det_recall")?,
+                    false_positive_rate: f("det_fpr")?,
+                })
             });
             cells.push(BenchCell { attack: attack.name.clone(), defence, seed, status, metrics, der, seconds, detection });
         }
@@ -1099,9 +1112,9 @@ impl BackdoorBenchResult {
 
 impl Outcome for BackdoorBenchResult {
     /// One row per cell: attack, defence, seed, status (`done` / `pending`), ca, asr, ra, der,
-    /// seconds (null while pending), the detectors' auroc, det_recall and det_fpr (null for
-    /// other defences), and BackdoorBench's published `bb_ca`, `bb_asr` (%, null where it
-    /// reports none). Our rates are fractions in [0, 1].
+    /// seconds (null while pending), the detectors' auroc, det_tpr5 (TPR at 5 % FPR),
+    /// det_recall and det_fpr (null for other defences), and BackdoorBench's published `bb_ca`,
+    /// `bb_asr` (%, null where it reports none). Our rates are fractions in [0, 1].
     fn to_dataframe(&self) -> Result<DataFrame> {
         let c = &self.cells;
         let m = |f: &dyn Fn(&BackdoorMetrics) -> f64| c.iter().map(|x| x.metrics.as_ref().map(f)).collect::<Vec<Option<f64>>>();
@@ -1118,6 +1131,7 @@ impl Outcome for BackdoorBenchResult {
             Series::new("der".into(), c.iter().map(|x| x.der).collect::<Vec<_>>()).into(),
             Series::new("seconds".into(), c.iter().map(|x| x.seconds).collect::<Vec<_>>()).into(),
             Series::new("auroc".into(), c.iter().map(|x| x.detection.map(|d| d.auroc)).collect::<Vec<_>>()).into(),
+            Series::new("det_tpr5".into(), c.iter().map(|x| x.detection.map(|d| d.tpr_at_5_fpr).filter(|t| !t.is_nan())).collect::<Vec<_>>()).into(),
             Series::new("det_recall".into(), c.iter().map(|x| x.detection.map(|d| d.recall)).collect::<Vec<_>>()).into(),
             Series::new("det_fpr".into(), c.iter().map(|x| x.detection.map(|d| d.false_positive_rate)).collect::<Vec<_>>()).into(),
             Series::new("bb_ca".into(), bb(0)).into(),

@@ -52,8 +52,10 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
     for c in &first.cells {
         assert_eq!(c.detection.is_some(), c.defence == "spectral", "{c:?}");
     }
-    let auroc = first.cells.iter().find_map(|c| c.detection).unwrap().auroc;
-    assert!((0.0..=1.0).contains(&auroc), "{auroc}");
+    let scores = first.cells.iter().find_map(|c| c.detection).unwrap();
+    for rate in [scores.auroc, scores.tpr_at_5_fpr, scores.recall, scores.false_positive_rate] {
+        assert!((0.0..=1.0).contains(&rate), "{scores:?}");
+    }
     // The two seeds are two different experiments.
     let ca = |seed: u64| first.cells.iter().find(|c| c.seed == seed && c.defence == "none").unwrap().metrics.unwrap();
     assert_ne!(ca(0), ca(1));
