@@ -161,11 +161,13 @@ impl Outcome for HiddenTriggerResult {
 
     fn summary(&self) -> String {
         format!(
-            "Hidden-trigger backdoor: {} clean-label poisons within L-inf {} (largest change {:.4}, {} of them showing the trigger) give ASR {} against {} for the model fine-tuned without them, at CA {} (clean {}).",
+            "Hidden-trigger backdoor: {} clean-label poisons within L-inf {} (largest change {:.4}, {} of them showing the trigger; the matched pairs' mean squared feature distance {:.3} before the optimisation, {:.3} after) give ASR {} against {} for the model fine-tuned without them, at CA {} (clean {}).",
             self.poisons.len(),
             self.eps,
             self.max_perturbation,
             self.poisons_with_trigger,
+            self.feature_distance.0,
+            self.feature_distance.1,
             percent(self.poisoned.attack_success_rate),
             percent(self.clean.attack_success_rate),
             percent(self.poisoned.clean_accuracy),
