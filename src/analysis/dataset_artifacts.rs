@@ -10,6 +10,17 @@
 //! out-of-fold decision values, the interval from a stratified bootstrap, a permutation
 //! test (the whole cross-validation refitted on shuffled attributes) gives each probe a
 //! p-value against chance, and the "person" is the generated main object (masks from [`crate::data::foreground_mask`]).
+//!
+//! # Measured on notebook 13's data
+//! On the clean data (the attribute drawn at random, seed 1) the full-image low-resolution
+//! probe reached an AUC of about 0.62 with a bootstrap interval that excludes 0.5. With 199
+//! permutations its p-value is 0.005: this draw of the attribute happens to line up with the
+//! images' low-resolution content. Over four attribute seeds the 36 clean probes spread from
+//! 0.43 to 0.62 in AUC and gave 4 p-values below 0.05 (all from seed 1), against 1.8 expected by
+//! chance, while every planted full-image and object-removed probe was beyond all permutations.
+//! The bootstrap interval covers resampling of fixed out-of-fold scores, not the variance of
+//! refitting the probe, and nine probes are tested at once: read one probe's interval with
+//! the number of probes in mind, or turn on [`DatasetArtifactsConfig::permutations`].
 
 use super::svm::{auc, bootstrap_auc_ci, cross_val_decisions, select_c, standardise, SvmConfig};
 use crate::data::{foreground_mask, resize_image, Dataset, SyntheticConfig};
