@@ -14,6 +14,13 @@
 //! fixed-feature setting), models run in parallel (rayon) in batches of `workers`, and every
 //! finished model is appended to a resumable [`Sweep`] log, so an interrupted study resumes
 //! where it stopped.
+//!
+//! # Measured on notebook 02's digits
+//! Over four study seeds (0-3, each with its own 10-shot target sample, 5 random draws),
+//! removing the two most harmful source classes beat removing two random ones every time (+4.5,
+//! +0.9, +4.1, +2.1 points) and beat the full source twice (+5.7, +3.2; -0.2 and +0.1
+//! otherwise): the direction holds, the size is noisy. With the whole target pool (450 images)
+//! every condition sits at 96-97 % and the difference vanishes (97.0 vs 96.9 %).
 
 use super::logistic::{LbfgsOptions, LogisticRegression};
 use crate::data::Dataset;
