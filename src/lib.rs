@@ -95,7 +95,8 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::models::{Arch, LoadMode, ModelSpec, Network, Norm};
     pub use crate::report::{
-        grid, load_table, save_table, BarChart, Chart, Figure, Heatmap, ImageGrid, LineChart, Outcome, ScatterChart, Sweep, Table,
+        grid, load_table, save_table, BarChart, Chart, Figure, Heatmap, ImageGrid, LineChart, Outcome, Row, Rows, ScatterChart, Sweep,
+        Table,
     };
     pub use crate::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
     pub use candle_core::Device;

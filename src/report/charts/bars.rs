@@ -26,7 +26,8 @@ impl BarChart {
         Self { title: title.into(), y_label: y_label.into(), categories, series: Vec::new(), y_range: None }
     }
 
-    /// Add a series (one value per category).
+    /// Add a series (one value per category; NaN where the series has no value, drawn as no
+    /// bar).
     pub fn series(mut self, name: &str, values: Vec<f64>) -> Self {
         self.series.push((name.into(), values, None));
         self
@@ -60,6 +61,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
             .series
             .iter()
             .flat_map(|(_, v, e)| v.iter().enumerate().map(move |(i, x)| x + e.as_ref().map_or(0.0, |e| e[i])))
+            .filter(|x| x.is_finite())
             .fold(0.0f64, f64::max);
         (0.0, if max > 0.0 { max * 1.1 } else { 1.0 })
     });
@@ -97,14 +99,15 @@ pub(super) fn draw<DB: DrawingBackend>(c: &BarChart, area: &DrawingArea<DB, Shif
         let col = colour(s);
         let x0 = |i: usize| i as f64 + 0.1 + s as f64 * width;
         chart
-            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+            // A missing value (NaN: a score a method does not have for this category) draws no bar.
+            .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| {
                 Rectangle::new([(x0(i), lo.max(0.0).min(hi)), (x0(i) + width * 0.95, v)], col.filled())
             }))
             .map_err(fig_err)?
             ;
         if let Some(errors) = errors {
             chart
-                .draw_series(values.iter().zip(errors).enumerate().map(|(i, (&v, &e))| {
+                .draw_series(values.iter().zip(errors).enumerate().filter(|(_, (v, e))| v.is_finite() && e.is_finite()).map(|(i, (&v, &e))| {
                     let xm = x0(i) + width * 0.475;
                     PathElement::new(vec![(xm, v - e), (xm, v + e)], BLACK.stroke_width(2))
                 }))

@@ -17,6 +17,8 @@ pub struct ScatterChart {
     pub y_label: String,
     pub points: Vec<(f64, f64)>,
     pub labels: Vec<String>,
+    /// One group name per point (or none): each group gets its own colour and legend entry.
+    pub groups: Vec<String>,
     /// Draw the least-squares line (where a linear relation is the question).
     pub fit: bool,
 }
@@ -48,7 +50,7 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
 impl ScatterChart {
     /// A scatter of `points`.
     pub fn new(title: &str, x_label: &str, y_label: &str, points: Vec<(f64, f64)>) -> Self {
-        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), points, labels: Vec::new(), fit: true }
+        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), points, labels: Vec::new(), groups: Vec::new(), fit: true }
     }
 
     /// The points alone, without the fitted line.
@@ -62,6 +64,21 @@ impl ScatterChart {
         self.labels = labels;
         self
     }
+
+    /// Colour the points by group, one name per point (the attack of a defence cell...), with
+    /// a legend: the labels can then name only what differs within a group.
+    ///
+    /// ```
+    /// use transferlab::report::{Chart, Figure, ScatterChart};
+    /// let chart = ScatterChart::new("CA vs ASR", "CA", "ASR", vec![(90.0, 5.0), (88.0, 60.0), (91.0, 2.0)])
+    ///     .groups(vec!["badnets".into(), "blended".into(), "badnets".into()])
+    ///     .without_fit();
+    /// assert!(Figure::new(Chart::Scatter(chart)).to_png().is_ok());
+    /// ```
+    pub fn groups(mut self, groups: Vec<String>) -> Self {
+        self.groups = groups;
+        self
+    }
 }
 
 pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, Shift>) -> Result<()> {
@@ -71,11 +88,31 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
     if !c.labels.is_empty() && c.labels.len() != c.points.len() {
         return Err(Error::Figure(format!("{} labels for {} points", c.labels.len(), c.points.len())));
     }
+    if !c.groups.is_empty() && c.groups.len() != c.points.len() {
+        return Err(Error::Figure(format!("{} group names for {} points", c.groups.len(), c.points.len())));
+    }
     let xs = padded_span(c.points.iter().map(|p| p.0));
     let ys = padded_span(c.points.iter().map(|p| p.1));
-    let mut chart = xy_chart(area, &c.title, &c.x_label, &c.y_label, xs, ys, false)?;
-    let (point_col, line_col) = (colour(0), colour(1));
-    chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, point_col.filled()))).map_err(fig_err)?;
+    let mut names: Vec<&str> = Vec::new();
+    for g in &c.groups {
+        if !names.contains(&g.as_str()) {
+            names.push(g);
+        }
+    }
+    // Groups get a legend column beside the plot, so it never covers a point.
+    let entries: Vec<(String, RGBColor)> = names.iter().enumerate().map(|(i, n)| (n.to_string(), colour(i))).collect();
+    let split = (!entries.is_empty()).then(|| super::split_for_legend(area, &entries));
+    let plot_area = split.as_ref().map_or(area, |(plot, _)| plot);
+    let mut chart = xy_chart(plot_area, &c.title, &c.x_label, &c.y_label, xs, ys, false)?;
+    let line_col = colour(names.len().max(1));
+    if names.is_empty() {
+        chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 5, colour(0).filled()))).map_err(fig_err)?;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let col = colour(i);
+        let members = c.points.iter().zip(&c.groups).filter(|(_, g)| g == name).map(|(&p, _)| p);
+        chart.draw_series(members.map(|p| Circle::new(p, 5, col.filled()))).map_err(fig_err)?;
+    }
     for (p, l) in c.points.iter().zip(&c.labels) {
         // Labels of points in the right half end at their point, so long names stay inside the plot.
         let side = if p.0 > xs.0 + 0.5 * (xs.1 - xs.0) { HPos::Right } else { HPos::Left };
@@ -89,6 +126,9 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
             .label(format!("y = {a:.3} + {b:.3} x, r = {r:.3}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], line_col.stroke_width(2)));
         super::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    }
+    if let Some((_, legend)) = &split {
+        super::draw_side_legend(legend, &entries)?;
     }
     Ok(())
 }
