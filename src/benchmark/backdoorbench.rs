@@ -790,6 +790,16 @@ impl BackdoorBenchConfig {
     /// The inputs of `attack`'s cells (first seed), with the model [`run`] trained and saved;
     /// an error says so if it has not been trained yet.
     pub fn attack_cell(&self, attack: &BenchAttack) -> Result<AttackCell> {
+        self.attack_cell_with(attack, &self.attack_cells_data()?)
+    }
+
+    /// The first seed's training and test sets, decoded once for several [`Self::attack_cell_with`].
+    pub(crate) fn attack_cells_data(&self) -> Result<(Dataset, Dataset)> {
+        load_data(&self.for_seed(self.seed()))
+    }
+
+    /// [`Self::attack_cell`] on data already decoded by [`Self::attack_cells_data`].
+    pub(crate) fn attack_cell_with(&self, attack: &BenchAttack, (train_set, test_set): &(Dataset, Dataset)) -> Result<AttackCell> {
         let one = self.for_seed(self.seed());
         let weights = one.model_path(attack, "safetensors");
         if !weights.exists() {
@@ -798,9 +808,8 @@ impl BackdoorBenchConfig {
                 format!("{} for attack {:?} is not trained yet; run backdoorbench::run with this configuration first", weights.display(), attack.name),
             ));
         }
-        let (train_set, test_set) = load_data(&one)?;
-        let (poisoned, probe) = one.attack_inputs(attack, &train_set, &test_set)?;
-        Ok(AttackCell { net: Network::from_file(&weights, &one.device)?, poisoned, defender: one.defender_set(&train_set)?, probe })
+        let (poisoned, probe) = one.attack_inputs(attack, train_set, test_set)?;
+        Ok(AttackCell { net: Network::from_file(&weights, &one.device)?, poisoned, defender: one.defender_set(train_set)?, probe })
     }
 
     /// The seed's clean model (the `clean` attack's, trained here if its task has not trained
@@ -1105,8 +1114,12 @@ impl BackdoorBenchResult {
     pub fn ca_asr_scatter(&self) -> Figure {
         let done: Vec<&BenchCell> = self.cells.iter().filter(|c| c.metrics.is_some()).collect();
         let points = done.iter().filter_map(|c| c.metrics.map(|m| (100.0 * m.clean_accuracy, 100.0 * m.attack_success_rate))).collect();
-        let labels = done.iter().map(|c| format!("{}/{}", c.attack, c.defence)).collect();
-        Figure::new(Chart::Scatter(ScatterChart::new("Clean accuracy vs attack success rate per cell", "CA (%)", "ASR (%)", points).labels(labels).without_fit()))
+        // Colour says the attack, so a label names the defence alone (33 cells' "attack/defence"
+        // labels overlapped).
+        let labels = done.iter().map(|c| c.defence.clone()).collect();
+        let groups = done.iter().map(|c| c.attack.clone()).collect();
+        let chart = ScatterChart::new("Clean accuracy vs attack success rate per cell", "CA (%)", "ASR (%)", points).labels(labels).groups(groups);
+        Figure::new(Chart::Scatter(chart.without_fit()))
     }
 }
 

@@ -2,7 +2,8 @@
 //! every cell finishes, a rerun recomputes nothing and gives the same table, the grid figures
 //! are written. Needs CIFAR-10 by its hub id (`just test` serves it offline).
 
-use transferlab::benchmark::{backdoorbench, BackdoorBenchConfig, BenchAttack, BenchDefence, CellStatus};
+use transferlab::benchmark::{backdoorbench, detector_table, BackdoorBenchConfig, BenchAttack, BenchDefence, CellStatus, DetectorTableConfig};
+use transferlab::defenses::detection::MmBdConfig;
 use transferlab::attacks::{TargetMode, Trigger};
 use transferlab::defenses::FstConfig;
 use transferlab::report::Outcome;
@@ -63,6 +64,24 @@ fn the_grid_runs_every_cell_once_and_resumes_to_the_same_table() {
     let cell = cfg.attack_cell(&cfg.attacks[0]).unwrap();
     assert_eq!(cell.probe.measure(&cell.net).unwrap(), ca(0));
     assert_eq!(cell.poisoned.poisoned_flags().iter().filter(|&&f| f).count(), 20);
+
+    // The detection table: the grid's Spectral Signatures cell as it is, SCALE-UP and MM-BD run
+    // on the seed-0 model.
+    let budget = DetectorTableConfig { mm_bd: MmBdConfig { starts: 2, max_steps: 5, ..MmBdConfig::default() }, ..DetectorTableConfig::default() };
+    let detectors = detector_table(&cfg, &first, &budget).unwrap();
+    let names: Vec<&str> = detectors.rows.iter().map(|r| r.detector.as_str()).collect();
+    assert_eq!(names, ["MM-BD", "SCALE-UP", "Spectral Signatures"], "sorted by what each screens: model, test inputs, training set");
+    let grid_spectral = first.cells.iter().find(|c| c.seed == 0 && c.defence == "spectral").unwrap().detection.unwrap();
+    let spectral = detectors.rows.iter().find(|r| r.detector == "Spectral Signatures").unwrap();
+    assert_eq!((spectral.auroc, spectral.recall), (Some(grid_spectral.auroc), Some(grid_spectral.recall)));
+    let scale_up = detectors.rows.iter().find(|r| r.detector == "SCALE-UP").unwrap();
+    assert!(scale_up.auroc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{scale_up:?}");
+    let mm_bd = detectors.rows.iter().find(|r| r.detector == "MM-BD").unwrap();
+    assert!(mm_bd.auroc.is_none() && mm_bd.p_value.is_some_and(|p| (0.0..=1.0).contains(&p)), "{mm_bd:?}");
+    assert_eq!(detectors.target, Some(0));
+    assert_eq!(detectors.to_dataframe().unwrap().shape(), (3, 8));
+    assert!(detectors.summary().contains("badnets: "), "{}", detectors.summary());
+    assert!(detectors.figure().unwrap().to_png().is_ok());
 
     // A rerun finds every cell in the log and every model on disk: nothing is trained again.
     let second = backdoorbench::run(&cfg).unwrap();
