@@ -656,9 +656,11 @@ impl Outcome for ClassifierEditingResult {
     fn summary(&self) -> String {
         let (o, e, f) = (&self.original, &self.edited, &self.finetuned);
         format!(
-            "Classifier editing (rank-one rewrite of {}, fitted to {} exemplar keys) took accuracy on held-out transformed-concept images from {:.1} % to {:.1} % (clean test {:.1} % to {:.1} %); fine-tuning the same layer on the same exemplars gave {:.1} % (clean {:.1} %).",
+            "Classifier editing (rank-one rewrite of {}, fitted to {} exemplar keys; their layer-output error, mean squared, {:.3} before and {:.3} after) took accuracy on held-out transformed-concept images from {:.1} % to {:.1} % (clean test {:.1} % to {:.1} %); fine-tuning the same layer on the same exemplars gave {:.1} % (clean {:.1} %).",
             self.edit.weight,
             self.edit.num_keys,
+            self.exemplar_error_before,
+            self.exemplar_error_after,
             100.0 * o.transformed_accuracy,
             100.0 * e.transformed_accuracy,
             100.0 * o.clean_accuracy,
