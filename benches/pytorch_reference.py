@@ -4,6 +4,7 @@ benches/throughput.rs, one measurement per process, printed as JSON.
 Usage: pytorch_reference.py MODEL MODE BATCH STEPS THREADS
 """
 import json
+import pathlib
 import resource
 import sys
 import time
@@ -11,6 +12,10 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# The CIFAR models as the fixtures define them (one definition for both).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
+from torch_models import BadNetsCnn, CifarResNet, PreActResNet18  # noqa: E402
 
 
 class Cnn3(nn.Module):
@@ -29,58 +34,9 @@ class Cnn3(nn.Module):
         return self.fc(x.flatten(1))
 
 
-class BadNetsCnn(nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 5)
-        self.conv2 = nn.Conv2d(16, 32, 5)
-        self.fc1 = nn.Linear(512, 512)
-        self.fc2 = nn.Linear(512, classes)
-
-    def forward(self, x):
-        x = F.avg_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = cout // 4 if (stride != 1 or cin != cout) else 0
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        short = x
-        if self.pad:
-            short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(out + short)
-
-
-class ResNet20(nn.Module):
-    def __init__(self, classes=10, n=3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, cin = [], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(n):
-                layers.append(Block(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.linear = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-MODELS = {"cnn3": (Cnn3, (3, 32, 32)), "resnet20": (ResNet20, (3, 32, 32)), "badnets-cnn": (BadNetsCnn, (1, 28, 28)),
-          "resnet56": (lambda: ResNet20(n=9), (3, 32, 32))}
+MODELS = {"cnn3": (Cnn3, (3, 32, 32)), "resnet20": (lambda: CifarResNet(20, 10), (3, 32, 32)),
+          "resnet56": (lambda: CifarResNet(56, 10), (3, 32, 32)), "badnets-cnn": (lambda: BadNetsCnn(1, 10, 28), (1, 28, 28)),
+          "preact-resnet18": (lambda: PreActResNet18(10), (3, 32, 32))}
 
 
 def main():
