@@ -89,7 +89,8 @@ backdoorbench *ARGS:
     echo "just backdoorbench {{ARGS}}: this invocation $((end - start)) s (a resumed run adds to earlier ones; per-cell seconds are in the table)" >> benches/results/backdoorbench/RUNS.txt
 
 # Training and inference speed and peak memory against PyTorch CPU (pip, in .venv-bench),
-# interleaved A/B, median of 5 rounds. Built with the dev profile the tests and the CLI use
+# interleaved A/B, median of 5 rounds; then images/s against batch (32/128/256) and threads
+# (1, 2) for the thin-channel networks, and the real-scale measurements. Built with the dev profile the tests and the CLI use
 # (dependencies at opt-level 3), so it needs no second, release build of candle and polars.
 bench:
     #!/usr/bin/env bash
