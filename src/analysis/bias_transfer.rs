@@ -12,7 +12,7 @@ use crate::attacks::{evaluate_backdoor, poison, PoisonConfig, TargetMode, Trigge
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, ModelSpec, Network};
-use crate::report::{BarChart, Chart, Figure, LineChart, Outcome};
+use crate::report::{first_seen, BarChart, Chart, Figure, LineChart, Outcome};
 use crate::rng::{permutation, stream};
 use crate::train::{logits, train, LrSchedule, OptimizerConfig, Progress, ProgressMode, TrainConfig};
 use candle_core::{Device, D};
@@ -319,13 +319,7 @@ impl DebiasSweep {
 
 /// The rows' conditions, each once, in order of first appearance.
 fn distinct_conditions<'a>(rows: impl Iterator<Item = &'a BiasTransferRow>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in rows {
-        if !out.contains(&r.condition()) {
-            out.push(r.condition());
-        }
-    }
-    out
+    first_seen(rows.map(BiasTransferRow::condition))
 }
 
 impl Outcome for DebiasSweep {

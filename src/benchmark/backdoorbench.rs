@@ -23,7 +23,7 @@ use crate::fsutil::FileLock;
 use crate::hub::{load_dataset, DatasetRequest, Hub};
 use crate::models::{InputNorm, ModelSpec, Network};
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{BarChart, Chart, Figure, Heatmap, Outcome, ScatterChart, Sweep, SweepConfig};
+use crate::report::{first_seen, BarChart, Chart, Figure, Heatmap, Outcome, ScatterChart, Sweep, SweepConfig};
 use crate::train::{train, History, LrSchedule, OptimizerConfig, TrainConfig};
 use candle_core::Device;
 use polars::prelude::{DataFrame, NamedFrom, Series};
@@ -188,7 +188,7 @@ impl BenchAttack {
         }
     }
 
-    fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         self.poison.rate == 0.0 && self.blind.is_none()
     }
 
@@ -510,7 +510,7 @@ impl BackdoorBenchConfig {
     }
 
     /// The seed of a one-seed configuration (the first seed of a grid).
-    fn seed(&self) -> u64 {
+    pub(crate) fn seed(&self) -> u64 {
         self.seeds[0]
     }
 
@@ -1076,16 +1076,8 @@ impl BackdoorBenchResult {
     /// The grid at a glance: ASR (%) per attack (rows) and defence (columns, `none` first),
     /// averaged over seeds; cells with no finished seed are grey `?`.
     pub fn asr_heatmap(&self) -> Figure {
-        let mut attacks: Vec<String> = Vec::new();
-        let mut defences: Vec<String> = Vec::new();
-        for c in &self.cells {
-            if !attacks.contains(&c.attack) {
-                attacks.push(c.attack.clone());
-            }
-            if !defences.contains(&c.defence) {
-                defences.push(c.defence.clone());
-            }
-        }
+        let attacks = first_seen(self.cells.iter().map(|c| c.attack.clone()));
+        let defences = first_seen(self.cells.iter().map(|c| c.defence.clone()));
         let planned = |a: &String, d: &String| self.cells.iter().any(|c| &c.attack == a && &c.defence == d);
         let values = attacks
             .iter()
@@ -1196,12 +1188,7 @@ impl Outcome for BackdoorBenchResult {
         };
         let (attacks, defences, seeds) = (distinct(&|c| c.attack.clone()), distinct(&|c| c.defence.clone()), distinct(&|c| c.seed.to_string()));
         // Per defence over its finished cells: mean ASR after it, the grid's headline.
-        let mut names: Vec<&str> = Vec::new();
-        for c in &done {
-            if !names.contains(&c.defence.as_str()) {
-                names.push(&c.defence);
-            }
-        }
+        let names = first_seen(done.iter().map(|c| c.defence.as_str()));
         let means: Vec<String> = names
             .iter()
             .filter_map(|d| {

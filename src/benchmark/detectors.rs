@@ -5,11 +5,11 @@
 //! nothing and have no grid cell: they run here on each attack's trained model, loaded through
 //! [`BackdoorBenchConfig::attack_cell`]'s inputs with the data decoded once for all attacks.
 
-use super::backdoorbench::{BackdoorBenchConfig, BackdoorBenchResult};
+use super::backdoorbench::{BackdoorBenchConfig, BackdoorBenchResult, DetectionScores};
 use crate::attacks::TargetMode;
 use crate::defenses::detection::{mm_bd, scale_up, MmBdConfig, ScaleUpConfig};
 use crate::error::Result;
-use crate::report::{BarChart, Chart, Figure, Outcome, Row, Rows};
+use crate::report::{first_seen, BarChart, Chart, Figure, Outcome, Row, Rows};
 use polars::prelude::DataFrame;
 use std::time::Instant;
 
@@ -45,11 +45,31 @@ pub struct DetectorRow {
 #[derive(Debug, Clone)]
 pub struct DetectorTable {
     pub rows: Vec<DetectorRow>,
-    /// The attacks' target class (`None` for all-to-all attacks; a class flagged on the clean
-    /// model is a false alarm).
+    /// The attacks' target class (`None` for all-to-all attacks).
     pub target: Option<u32>,
+    /// The attacks whose training set holds no poison (the clean model): a class MM-BD flags
+    /// there is a false alarm.
+    pub clean_attacks: Vec<String>,
     /// Wall time of the detectors run here (SCALE-UP and MM-BD); the grid's are in its cells.
     pub seconds: f64,
+}
+
+impl DetectorRow {
+    /// A detector that scores samples: its AUROC, TPR at 5 % FPR (`None` where undefined),
+    /// recall and false-positive rate.
+    fn scored(attack: &str, detector: &str, screens: &str, d: DetectionScores) -> Self {
+        Self {
+            attack: attack.into(),
+            detector: detector.into(),
+            screens: screens.into(),
+            auroc: Some(d.auroc),
+            tpr_at_5_fpr: Some(d.tpr_at_5_fpr).filter(|t| !t.is_nan()),
+            recall: Some(d.recall),
+            false_positive_rate: Some(d.false_positive_rate),
+            flagged_target: None,
+            p_value: None,
+        }
+    }
 }
 
 fn detector_name(defence: &str) -> Option<(&'static str, &'static str)> {
@@ -75,49 +95,28 @@ fn detector_name(defence: &str) -> Option<(&'static str, &'static str)> {
 /// println!("{}", detectors.table().unwrap());
 /// ```
 pub fn detector_table(cfg: &BackdoorBenchConfig, result: &BackdoorBenchResult, dcfg: &DetectorTableConfig) -> Result<DetectorTable> {
-    let seed = cfg.seeds.first().copied().unwrap_or(0);
+    let seed = cfg.seed();
     let mut rows: Vec<DetectorRow> = result
         .cells
         .iter()
         .filter(|c| c.seed == seed)
         .filter_map(|c| {
-            let d = c.detection?;
             let (detector, screens) = detector_name(&c.defence)?;
-            Some(DetectorRow {
-                attack: c.attack.clone(),
-                detector: detector.into(),
-                screens: screens.into(),
-                auroc: Some(d.auroc),
-                tpr_at_5_fpr: Some(d.tpr_at_5_fpr).filter(|t| !t.is_nan()),
-                recall: Some(d.recall),
-                false_positive_rate: Some(d.false_positive_rate),
-                flagged_target: None,
-                p_value: None,
-            })
+            Some(DetectorRow::scored(&c.attack, detector, screens, c.detection?))
         })
         .collect();
     let started = Instant::now();
     let data = cfg.attack_cells_data()?;
     let mut target = None;
+    let clean_attacks: Vec<String> = cfg.attacks.iter().filter(|a| a.is_clean()).map(|a| a.name.clone()).collect();
     for attack in &cfg.attacks {
         let cell = cfg.attack_cell_with(attack, &data)?;
-        let backdoored = attack.name != "clean";
-        if backdoored {
+        if !attack.is_clean() {
             if let TargetMode::AllToOne { target: t } = cell.probe.target {
                 target = Some(t);
             }
             let s = scale_up::run(&cell.net, &cell.defender, &cell.probe, &dcfg.scale_up)?.detection;
-            rows.push(DetectorRow {
-                attack: attack.name.clone(),
-                detector: "SCALE-UP".into(),
-                screens: "test inputs".into(),
-                auroc: Some(s.auroc),
-                tpr_at_5_fpr: Some(s.tpr_at_5_fpr).filter(|t| !t.is_nan()),
-                recall: Some(s.recall),
-                false_positive_rate: Some(s.false_positive_rate),
-                flagged_target: None,
-                p_value: None,
-            });
+            rows.push(DetectorRow::scored(&attack.name, "SCALE-UP", "test inputs", DetectionScores::from(&s)));
         }
         let m = mm_bd::run(&cell.net, &dcfg.mm_bd)?;
         rows.push(DetectorRow {
@@ -133,18 +132,12 @@ pub fn detector_table(cfg: &BackdoorBenchConfig, result: &BackdoorBenchResult, d
         });
     }
     rows.sort_by(|a, b| (&a.attack, &a.screens, &a.detector).cmp(&(&b.attack, &b.screens, &b.detector)));
-    Ok(DetectorTable { rows, target, seconds: started.elapsed().as_secs_f64() })
+    Ok(DetectorTable { rows, target, clean_attacks, seconds: started.elapsed().as_secs_f64() })
 }
 
 impl DetectorTable {
     fn attacks(&self) -> Vec<String> {
-        let mut attacks: Vec<String> = Vec::new();
-        for r in &self.rows {
-            if !attacks.contains(&r.attack) {
-                attacks.push(r.attack.clone());
-            }
-        }
-        attacks
+        first_seen(self.rows.iter().map(|r| r.attack.clone()))
     }
 }
 
@@ -177,12 +170,7 @@ impl Outcome for DetectorTable {
 
     /// AUROC of each scoring detector, grouped by detector, one bar per attack.
     fn figure(&self) -> Result<Figure> {
-        let mut detectors: Vec<String> = Vec::new();
-        for r in self.rows.iter().filter(|r| r.auroc.is_some()) {
-            if !detectors.contains(&r.detector) {
-                detectors.push(r.detector.clone());
-            }
-        }
+        let detectors = first_seen(self.rows.iter().filter(|r| r.auroc.is_some()).map(|r| r.detector.clone()));
         let mut chart = BarChart::new("Detectors: AUROC per attack (0.5 = chance)", "AUROC", detectors.clone()).y_range(0.0, 1.0);
         for attack in self.attacks() {
             let values: Vec<f64> = detectors
@@ -210,7 +198,7 @@ impl Outcome for DetectorTable {
             .iter()
             .filter(|r| r.detector == "MM-BD")
             .map(|r| match r.flagged_target {
-                Some(t) if r.attack == "clean" => format!("{} flags class {t} (a false alarm)", r.attack),
+                Some(t) if self.clean_attacks.contains(&r.attack) => format!("{} flags class {t} (a false alarm)", r.attack),
                 Some(t) if Some(t) == self.target => format!("{} flags the target {t}", r.attack),
                 Some(t) => format!("{} flags class {t}, not the target", r.attack),
                 None => format!("{} flags nothing", r.attack),

@@ -13,7 +13,7 @@ use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{ModelSpec, Network};
-use crate::report::{Chart, Figure, LineChart, Outcome, Sweep, SweepConfig};
+use crate::report::{first_seen, Chart, Figure, LineChart, Outcome, Sweep, SweepConfig};
 use crate::rng::{permutation, stream, stream_at};
 use crate::train::{train, LrSchedule, OptimizerConfig, Progress, ProgressMode, TrainConfig};
 use candle_core::Device;
@@ -175,13 +175,7 @@ impl Outcome for SurvivalResult {
     /// ASR (%) against the update number, one line per (trigger size, poison rate, schedule).
     fn figure(&self) -> Result<Figure> {
         let mut chart = LineChart::new("Backdoor survival across model updates", "update", "attack success rate (%)").y_range(0.0, 105.0);
-        let mut keys: Vec<(usize, String, String)> = Vec::new();
-        for p in &self.points {
-            let k = (p.trigger_size, format!("{}", p.poison_rate), p.schedule.clone());
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
+        let keys = first_seen(self.points.iter().map(|p| (p.trigger_size, format!("{}", p.poison_rate), p.schedule.clone())));
         for (size, rate, sched) in keys {
             let pts: Vec<(f64, f64)> = self
                 .points
@@ -199,12 +193,7 @@ impl Outcome for SurvivalResult {
         let Some(last) = self.points.iter().map(|p| p.update).max() else {
             return "The survival study measured no model.".to_string();
         };
-        let mut schedules: Vec<&str> = Vec::new();
-        for p in &self.points {
-            if !schedules.contains(&p.schedule.as_str()) {
-                schedules.push(p.schedule.as_str());
-            }
-        }
+        let schedules = first_seen(self.points.iter().map(|p| p.schedule.as_str()));
         let mean_asr = |schedule: &str, update: usize| {
             let v: Vec<f64> = self.points.iter().filter(|p| p.schedule == schedule && p.update == update).map(|p| p.attack_success_rate).collect();
             100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64

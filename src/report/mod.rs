@@ -1,6 +1,7 @@
 //! Reporting: result tables (polars) and figures (plotters, embedded font). Generic: report
 //! knows no attack or defence, only tables, series and images.
 
+mod categories;
 pub mod charts;
 mod display;
 mod figure;
@@ -11,6 +12,7 @@ pub mod style;
 mod sweep;
 mod table;
 
+pub(crate) use categories::first_seen;
 pub use display::Table;
 pub use charts::{BarChart, Chart, Heatmap, ImageGrid, LineChart, ScatterChart};
 pub use figure::{Figure, DEFAULT_SIZE};

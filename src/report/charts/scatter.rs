@@ -3,6 +3,7 @@
 
 use super::{fig_err, padded_span, xy_chart};
 use crate::error::{Error, Result};
+use crate::report::first_seen;
 use crate::report::font::FAMILY;
 use crate::report::style::{colour, TICK_SIZE};
 use plotters::coord::Shift;
@@ -93,12 +94,7 @@ pub(super) fn draw<DB: DrawingBackend>(c: &ScatterChart, area: &DrawingArea<DB, 
     }
     let xs = padded_span(c.points.iter().map(|p| p.0));
     let ys = padded_span(c.points.iter().map(|p| p.1));
-    let mut names: Vec<&str> = Vec::new();
-    for g in &c.groups {
-        if !names.contains(&g.as_str()) {
-            names.push(g);
-        }
-    }
+    let names = first_seen(c.groups.iter().map(String::as_str));
     // Groups get a legend column beside the plot, so it never covers a point.
     let entries: Vec<(String, RGBColor)> = names.iter().enumerate().map(|(i, n)| (n.to_string(), colour(i))).collect();
     let split = (!entries.is_empty()).then(|| super::split_for_legend(area, &entries));
