@@ -54,11 +54,6 @@ impl RepoCache {
         self.dir.join("blobs").join(etag)
     }
 
-    /// Where a download in progress is kept, so a later run resumes it.
-    pub fn incomplete_path(&self, etag: &str) -> PathBuf {
-        self.dir.join("blobs").join(format!("{etag}.incomplete"))
-    }
-
     /// Record that `revision` points at `commit` (as Python does: the hash, no newline).
     pub fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
         if revision == commit {

@@ -1,20 +1,24 @@
-//! Fetching files: cache first, then the hub's `resolve` endpoint (HEAD for commit, etag and
-//! size; GET, following the redirect to the CDN, resumed with `Range` after a dropped
-//! connection), verified against the etag before it enters the cache.
+//! Fetching files: cache first, then the `hf-hub` crate's blocking client (the hub's
+//! `resolve` endpoint, the redirect to the CDN, a download resumed with `Range` after a
+//! dropped connection, a lock per blob, the snapshot link and the ref), then our own check of
+//! the bytes against the etag. What `hf-hub` does not do stays here: offline mode
+//! (`HF_HUB_OFFLINE`), reuse of a blob the cache already holds under another commit, the
+//! checksum, and errors that say whether the repository, the revision or the file is missing.
 
 use super::cache::RepoCache;
 use super::config::HubConfig;
 use crate::error::HubError;
-use super::repo::Repo;
+use super::repo::{Repo, RepoKind};
 use crate::error::{Error, Result};
 use crate::progress::{Progress, ProgressMode};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use sha1::Digest as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How many times a dropped download is resumed before giving up.
+/// How many times a dropped download is tried (resumed from where it stopped) before giving up.
 const ATTEMPTS: usize = 4;
 
 /// A client of the hub and its local cache.
@@ -28,10 +32,11 @@ const ATTEMPTS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Hub {
     pub config: HubConfig,
-    /// Requests with no redirects followed: HEAD reads the hub's own headers from its 302.
+    /// The `hf-hub` client: metadata, downloads, listings.
+    api: Api,
+    /// Our HEAD with no redirects followed: the hub's own headers (commit, etag, `X-Error-Code`)
+    /// read from its 302 or 404, to say what a failed request lacked.
     head_agent: ureq::Agent,
-    /// Requests that follow redirects (GET to the CDN, API calls).
-    get_agent: ureq::Agent,
 }
 
 /// What the hub says about one file (from the HEAD of its `resolve` URL).
@@ -59,17 +64,26 @@ impl Hub {
     }
 
     pub fn new(config: HubConfig) -> Self {
-        let agent = |redirects: u32| -> ureq::Agent {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(redirects)
-                .timeout_connect(Some(Duration::from_secs(20)))
-                .timeout_per_read(Some(Duration::from_secs(60)))
-                .user_agent(concat!("transferlab/", env!("CARGO_PKG_VERSION"), "; hf_hub-compatible"))
-                .build()
-                .into()
-        };
-        Self { config, head_agent: agent(0), get_agent: agent(10) }
+        let api = ApiBuilder::from_cache(hf_hub::Cache::new(config.cache_dir.clone()))
+            .with_endpoint(config.endpoint.clone())
+            // Ours, not hf-hub's own lookup: HubConfig reads HF_TOKEN and HF_TOKEN_PATH too.
+            .with_token(config.token.clone())
+            // Our progress (a bar on a terminal, lines in a notebook) is passed per download.
+            .with_progress(false)
+            .with_retries(ATTEMPTS - 1)
+            .with_user_agent("transferlab", env!("CARGO_PKG_VERSION"))
+            .build()
+            // With the rustls provider (no `native-tls` feature) hf-hub's builder has no failure path.
+            .expect("hf-hub's rustls client builder is infallible");
+        let head_agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .user_agent(concat!("transferlab/", env!("CARGO_PKG_VERSION"), "; hf_hub-compatible"))
+            .build()
+            .into();
+        Self { config, api, head_agent }
     }
 
     /// The cache folder of `repo`.
@@ -92,19 +106,42 @@ impl Hub {
         self.download(repo, file)
     }
 
-    /// Download `file` even if cached under another commit (a branch may have moved).
+    /// Download `file` even if cached under another commit (a branch may have moved); a blob
+    /// the cache already holds is linked, not fetched again.
     pub fn download(&self, repo: &Repo, file: &str) -> Result<PathBuf> {
         if self.config.offline {
             return Err(self.offline_missing(repo, file));
         }
-        let meta = self.head(repo, file)?;
-        let cache = self.repo_cache(repo);
-        let blob = cache.blob_path(&meta.etag);
-        if !blob.is_file() {
-            self.fetch_blob(repo, file, &meta, &cache)?;
+        let remote = self.api.repo(hf_repo(repo));
+        let url = remote.url(file);
+        let meta = self.api.metadata(&url).map_err(|e| self.explain(repo, file, &url, e))?;
+        let (commit, etag) = (meta.commit_hash().to_string(), meta.etag().to_string());
+        if etag.is_empty() || etag.contains(['/', '\\']) || etag.starts_with('.') {
+            let reason = "the ETag is not a usable blob name".into();
+            return Err(HubError::Protocol { repo: repo.to_string(), file: file.into(), url, reason }.into());
         }
-        let path = cache.link_snapshot(&meta.commit, file, &meta.etag)?;
-        cache.write_ref(&repo.revision, &meta.commit)?;
+        let cache = self.repo_cache(repo);
+        let (blob, part) = (cache.blob_path(&etag), cache.blob_path(&etag).with_extension("part"));
+        if fs::metadata(&part).is_ok_and(|m| m.len() == meta.size() as u64) && !blob.is_file() {
+            // Complete but never moved into place (a run stopped in between): hf-hub would
+            // ask for the bytes after the end, which the hub refuses.
+            self.verify(repo, file, &cache, &part, &etag, Some(meta.size() as u64))?;
+            fs::rename(&part, &blob).map_err(|e| Error::io("move into the cache", &blob, e))?;
+        }
+        if blob.is_file() {
+            let path = cache.link_snapshot(&commit, file, &etag)?;
+            cache.write_ref(&repo.revision, &commit)?;
+            return Ok(path);
+        }
+        let mode = if self.config.progress { ProgressMode::Bar } else { ProgressMode::Hidden };
+        let bar = DownloadBar { label: format!("download {repo}/{file}"), mode, bar: None };
+        let path = remote.download_with_progress(file, bar).map_err(|e| self.explain(repo, file, &url, e))?;
+        // The blob hf-hub wrote is the one its snapshot link names (the branch may have moved
+        // since our metadata request); its size is known only if it is the one we asked about.
+        let written = fs::read_link(&path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let written = written.unwrap_or(etag.clone());
+        let size = (written == etag).then_some(meta.size() as u64);
+        self.verify(repo, file, &cache, &path, &written, size)?;
         Ok(path)
     }
 
@@ -117,10 +154,24 @@ impl Hub {
         format!("{}/{}", self.config.endpoint, path)
     }
 
-    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.config.token {
-            Some(t) => req.header("Authorization", format!("Bearer {t}")),
-            None => req,
+    /// What a failed hf-hub request means: an HTTP status is asked about again with our HEAD,
+    /// which reads the hub's `X-Error-Code` (repository, revision or file missing; gated).
+    fn explain(&self, repo: &Repo, file: &str, url: &str, e: ApiError) -> Error {
+        let mut cause = &e;
+        while let ApiError::TooManyRetries(inner) = cause {
+            cause = inner;
+        }
+        match cause {
+            ApiError::RequestError(r) if matches!(r.as_ref(), ureq::Error::StatusCode(_)) => match self.head(repo, file) {
+                Err(precise) => precise,
+                Ok(_) => self.network(repo, file, url, e.to_string()),
+            },
+            // A dropped connection surfaces as an I/O error of the copy; what arrived is kept in
+            // `blobs/<etag>.part` and the next run resumes it.
+            ApiError::RequestError(_) | ApiError::IoError(_) => {
+                self.network(repo, file, url, format!("{e}; what arrived is kept, run again to resume"))
+            }
+            _ => HubError::Protocol { repo: repo.to_string(), file: file.into(), url: url.into(), reason: e.to_string() }.into(),
         }
     }
 
@@ -138,9 +189,6 @@ impl Hub {
         let commit = h("x-repo-commit").ok_or_else(|| protocol("no X-Repo-Commit header"))?;
         let etag = h("x-linked-etag").or_else(|| h("etag")).ok_or_else(|| protocol("no ETag header"))?;
         let etag = normalize_etag(&etag);
-        if etag.is_empty() || etag.contains(['/', '\\']) || etag.starts_with('.') {
-            return Err(protocol("the ETag is not a usable blob name"));
-        }
         let size = h("x-linked-size").or_else(|| h("content-length")).and_then(|s| s.parse().ok());
         let location = match h("location") {
             Some(loc) if (300..400).contains(&status) => {
@@ -153,6 +201,13 @@ impl Hub {
             _ => url.clone(),
         };
         Ok(FileMeta { commit, etag, size, location })
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.config.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
     }
 
     fn check_status(&self, repo: &Repo, file: &str, url: &str, status: u16, code: Option<&str>) -> Result<()> {
@@ -183,105 +238,31 @@ impl Hub {
         HubError::Network { repo: repo.to_string(), file: file.into(), url: url.into(), reason }.into()
     }
 
-    /// Download into `blobs/<etag>.incomplete`, resuming what a previous attempt (or run) left,
-    /// verify, and move into place.
-    fn fetch_blob(&self, repo: &Repo, file: &str, meta: &FileMeta, cache: &RepoCache) -> Result<()> {
-        let part = cache.incomplete_path(&meta.etag);
-        let dir = part.parent().expect("blob has a folder");
-        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        let mode = if self.config.progress { ProgressMode::Bar } else { ProgressMode::Hidden };
-        let progress = Progress::new(&format!("download {repo}/{file}"), meta.size.unwrap_or(0), mode);
-        let mut last_err = String::new();
-        for _ in 0..ATTEMPTS {
-            match self.fetch_once(repo, file, meta, &part, &progress) {
-                Ok(()) => {
-                    progress.finish();
-                    return self.verify_and_commit(repo, file, meta, &part, &cache.blob_path(&meta.etag));
-                }
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(reason)) => last_err = reason,
-            }
-        }
-        Err(self.network(repo, file, &meta.location, format!("{last_err} (after {ATTEMPTS} attempts; run again to resume)")))
-    }
-
-    fn fetch_once(&self, repo: &Repo, file: &str, meta: &FileMeta, part: &PathBuf, progress: &Progress) -> Result<(), Attempt> {
-        let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-        if meta.size.is_some_and(|s| have == s) {
-            return Ok(());
-        }
-        let mut req = self.get_agent.get(&meta.location).header("Accept-Encoding", "identity");
-        // The token goes to the hub only, never to a CDN on another host.
-        if meta.location.starts_with(&self.config.endpoint) {
-            req = self.auth(req);
-        }
-        if have > 0 {
-            req = req.header("Range", format!("bytes={have}-"));
-        }
-        let resp = req.call().map_err(|e| Attempt::Retry(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let append = match status {
-            206 => true,
-            200 => false,
-            416 if have > 0 => {
-                // The partial file is longer than the object: start over.
-                let _ = fs::remove_file(part);
-                return Err(Attempt::Retry("range not satisfiable".into()));
-            }
-            _ => {
-                self.check_status(repo, file, &meta.location, status, None).map_err(Attempt::Fatal)?;
-                return Err(Attempt::Retry(format!("HTTP status {status}")));
-            }
-        };
-        let mut out = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(part)
-            .map_err(|e| Attempt::Fatal(Error::io("open", part, e)))?;
-        progress.set_position(if append { have } else { 0 });
-        let mut body = resp.into_body().into_with_config().limit(u64::MAX).reader();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = out.flush();
-                    return Err(Attempt::Retry(format!("connection dropped: {e}")));
-                }
-            };
-            out.write_all(&buf[..n]).map_err(|e| Attempt::Fatal(Error::io("write", part, e)))?;
-            progress.inc(n as u64);
-        }
-        out.sync_all().map_err(|e| Attempt::Fatal(Error::io("write", part, e)))?;
-        let got = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-        match meta.size {
-            Some(s) if got < s => Err(Attempt::Retry(format!("connection closed after {got} of {s} bytes"))),
-            _ => Ok(()),
-        }
-    }
-
-    fn verify_and_commit(&self, repo: &Repo, file: &str, meta: &FileMeta, part: &PathBuf, blob: &PathBuf) -> Result<()> {
+    /// Check a freshly downloaded blob against its etag (sha256 for LFS files, git blob sha1
+    /// otherwise) and size; a mismatch removes the blob, its lock and its snapshot link, so
+    /// nothing corrupt is ever served from the cache.
+    fn verify(&self, repo: &Repo, file: &str, cache: &RepoCache, path: &Path, etag: &str, size: Option<u64>) -> Result<()> {
+        let blob = cache.blob_path(etag);
         let corrupt = |expected: String, got: String| -> Error {
-            let _ = fs::remove_file(part);
+            let _ = fs::remove_file(path);
+            let _ = fs::remove_file(&blob);
+            let _ = fs::remove_file(blob.with_extension("lock"));
             HubError::Corrupt { repo: repo.to_string(), file: file.into(), expected, got }.into()
         };
-        let len = fs::metadata(part).map_err(|e| Error::io("read", part, e))?.len();
-        if let Some(s) = meta.size {
+        let len = fs::metadata(path).map_err(|e| Error::io("read", path, e))?.len();
+        if let Some(s) = size {
             if len != s {
                 return Err(corrupt(format!("{s} bytes"), format!("{len} bytes")));
             }
         }
-        if let Some(kind) = etag_kind(&meta.etag) {
-            let got = hash_file(part, kind, len)?;
-            if got != meta.etag.to_ascii_lowercase() {
+        if let Some(kind) = etag_kind(etag) {
+            let got = hash_file(path, kind, len)?;
+            if got != etag.to_ascii_lowercase() {
                 let name = if kind == HashKind::Sha256 { "sha256" } else { "git sha1" };
-                return Err(corrupt(format!("{name} {}", meta.etag), format!("{name} {got}")));
+                return Err(corrupt(format!("{name} {etag}"), format!("{name} {got}")));
             }
         }
-        fs::rename(part, blob).map_err(|e| Error::io("move into the cache", blob, e))
+        Ok(())
     }
 
     /// Whether every one of `repos` can be described (its listing is cached or the hub
@@ -320,21 +301,8 @@ impl Hub {
             };
         }
         let url = self.url(&repo.info_path());
-        let resp = self.auth(self.get_agent.get(&url)).call().map_err(|e| self.network(repo, "(listing)", &url, e.to_string()))?;
-        let status = resp.status().as_u16();
-        self.check_status(repo, "(listing)", &url, status, resp.headers().get("x-error-code").and_then(|v| v.to_str().ok()))?;
-        let text = resp
-            .into_body()
-            .read_to_string()
-            .map_err(|e| self.network(repo, "(listing)", &url, e.to_string()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::from(HubError::Protocol { repo: repo.to_string(), file: "(listing)".into(), url: url.clone(), reason: e.to_string() })
-        })?;
-        let commit = json["sha"].as_str().unwrap_or_default().to_string();
-        let files: Vec<String> = json["siblings"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|f| f["rfilename"].as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
+        let listing = self.api.repo(hf_repo(repo)).info().map_err(|e| self.explain(repo, "(listing)", &url, e))?;
+        let (commit, files) = (listing.sha, listing.siblings.into_iter().map(|s| s.rfilename).collect::<Vec<_>>());
         if commit.is_empty() {
             return Err(HubError::Protocol { repo: repo.to_string(), file: "(listing)".into(), url, reason: "no commit (\"sha\")".into() }.into());
         }
@@ -345,9 +313,43 @@ impl Hub {
     }
 }
 
-enum Attempt {
-    Retry(String),
-    Fatal(Error),
+/// Our repository naming in hf-hub's.
+fn hf_repo(repo: &Repo) -> hf_hub::Repo {
+    let kind = match repo.kind {
+        RepoKind::Model => hf_hub::RepoType::Model,
+        RepoKind::Dataset => hf_hub::RepoType::Dataset,
+    };
+    hf_hub::Repo::with_revision(repo.id.clone(), kind, repo.revision.clone())
+}
+
+/// hf-hub's progress callbacks drawn with our progress report. hf-hub announces the size
+/// (again) at every attempt, then the bytes already there.
+struct DownloadBar {
+    label: String,
+    mode: ProgressMode,
+    bar: Option<(u64, Progress)>,
+}
+
+impl hf_hub::api::Progress for DownloadBar {
+    fn init(&mut self, size: usize, _filename: &str) {
+        let size = size as u64;
+        match &self.bar {
+            Some((total, bar)) if *total == size => bar.set_position(0),
+            _ => self.bar = Some((size, Progress::new(&self.label, size, self.mode))),
+        }
+    }
+
+    fn update(&mut self, bytes: usize) {
+        if let Some((_, bar)) = &self.bar {
+            bar.inc(bytes as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, bar)) = &self.bar {
+            bar.finish();
+        }
+    }
 }
 
 /// `W/"abc"` -> `abc`, as huggingface_hub normalises etags.
@@ -372,7 +374,7 @@ fn etag_kind(etag: &str) -> Option<HashKind> {
     }
 }
 
-fn hash_file(path: &PathBuf, kind: HashKind, len: u64) -> Result<String> {
+fn hash_file(path: &Path, kind: HashKind, len: u64) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut buf = vec![0u8; 1 << 16];
     let mut sha256 = sha2::Sha256::new();

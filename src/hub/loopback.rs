@@ -4,7 +4,7 @@
 //! - `HEAD|GET /{datasets/}{id}/resolve/{rev}/{file}`: `X-Repo-Commit`, `ETag` (git blob
 //!   sha1) for small files; for LFS files a `302` to `/cdn/{sha256}` with `X-Linked-Etag`
 //!   and `X-Linked-Size`, as the hub redirects to its CDN;
-//! - `GET /cdn/{sha256}` with `Range` support (`206`);
+//! - `Range` on both (`206` with `Content-Range`; `bytes=0-0` is hf-hub's size probe);
 //! - `GET /api/{models|datasets}/{id}/revision/{rev}`: `{"sha", "siblings": [{"rfilename"}]}`;
 //! - `404` with `X-Error-Code: RepoNotFound | EntryNotFound`.
 //!
@@ -318,8 +318,8 @@ fn route(req: &Request, s: &mut State, port: u16) -> Reply {
         Reply { status: 302, headers, body: Vec::new(), cut: None }
     } else {
         headers.push(("ETag".into(), format!("\"{}\"", git_sha1_hex(bytes))));
-        let body = bytes.clone();
-        let mut r = Reply { status: 200, headers, body, cut: None };
+        let mut r = ranged(req, bytes);
+        r.headers.extend(headers);
         apply_faults(s, &file, &mut r, req.method == "GET");
         r
     }
@@ -330,27 +330,39 @@ fn cdn(req: &Request, s: &mut State, sha: &str) -> Reply {
     // Clients that follow the redirect on HEAD (huggingface_hub treats a same-host redirect
     // as relative) read the commit from here.
     let commit = s.repos.get(&key).map(commit_of).unwrap_or_default();
-    let total = bytes.len();
-    let start = req
-        .header("range")
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.split('-').next())
-        .and_then(|r| r.parse::<usize>().ok());
-    let mut r = match start {
-        Some(st) if st >= total => return Reply::status(416, None),
-        Some(st) => Reply {
-            status: 206,
-            headers: vec![("Content-Range".into(), format!("bytes {st}-{}/{total}", total - 1))],
-            body: bytes[st..].to_vec(),
-            cut: None,
-        },
-        None => Reply { status: 200, headers: Vec::new(), body: bytes, cut: None },
-    };
+    let mut r = ranged(req, &bytes);
     r.headers.push(("ETag".into(), format!("\"{sha}\"")));
     r.headers.push(("Accept-Ranges".into(), "bytes".into()));
     r.headers.push(("X-Repo-Commit".into(), commit));
     apply_faults(s, &file, &mut r, req.method == "GET");
     r
+}
+
+/// The answer to a request's `Range` (`bytes=START-` or `bytes=START-END`, END inclusive):
+/// `206` with `Content-Range`, `416` past the end, `200` with every byte when none is asked.
+/// Clients probe with `bytes=0-0` for the size (hf-hub reads it from `Content-Range`).
+fn ranged(req: &Request, bytes: &[u8]) -> Reply {
+    let total = bytes.len();
+    let whole = || Reply { status: 200, headers: Vec::new(), body: bytes.to_vec(), cut: None };
+    let Some((start, end)) = req.header("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) else {
+        return whole();
+    };
+    let Ok(start) = start.trim().parse::<usize>() else { return whole() };
+    if total == 0 {
+        let mut r = whole();
+        r.headers.push(("Content-Range".into(), "bytes */0".into()));
+        return r;
+    }
+    let end = end.trim().parse::<usize>().map_or(total - 1, |e| e.min(total - 1));
+    if start > end {
+        return Reply::status(416, None);
+    }
+    Reply {
+        status: 206,
+        headers: vec![("Content-Range".into(), format!("bytes {start}-{end}/{total}"))],
+        body: bytes[start..=end].to_vec(),
+        cut: None,
+    }
 }
 
 fn apply_faults(s: &mut State, file: &str, r: &mut Reply, is_get: bool) {
@@ -363,7 +375,8 @@ fn apply_faults(s: &mut State, file: &str, r: &mut Reply, is_get: bool) {
                 let i = r.body.len() / 2;
                 r.body[i] ^= 0xff;
             }
-            Fault::Drop { file: f, after, times } if f == file && *times > 0 => {
+            // A size probe (`bytes=0-0`) is too short to drop; only transfers count.
+            Fault::Drop { file: f, after, times } if f == file && *times > 0 && r.body.len() > *after => {
                 *times -= 1;
                 r.cut = Some(*after);
             }
