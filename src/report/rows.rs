@@ -10,6 +10,7 @@ use polars::prelude::{Column, DataFrame, NamedFrom, Series};
 enum Cell {
     Text(String),
     Int(i64),
+    Bool(bool),
     /// `None`: a value this row does not have (an empty cell, null in the DataFrame).
     Float(Option<f64>),
 }
@@ -19,6 +20,7 @@ impl Cell {
         match self {
             Cell::Text(_) => "text",
             Cell::Int(_) => "integer",
+            Cell::Bool(_) => "yes/no",
             Cell::Float(_) => "float",
         }
     }
@@ -50,6 +52,12 @@ impl Row {
     pub fn int(mut self, column: &str, value: impl TryInto<i64>) -> Self {
         // Counts beyond i64 do not occur in a table of results; saturate rather than fail.
         self.0.push((column.to_string(), Cell::Int(value.try_into().unwrap_or(i64::MAX))));
+        self
+    }
+
+    /// Adds a yes/no cell (a verdict: target met, flagged, attack implanted).
+    pub fn bool(mut self, column: &str, value: bool) -> Self {
+        self.0.push((column.to_string(), Cell::Bool(value)));
         self
     }
 
@@ -98,7 +106,7 @@ impl Rows {
     /// Appends `row` after checking it against the first row's columns.
     pub fn push(&mut self, row: Row) -> Result<()> {
         if row.0.is_empty() {
-            return Err(invalid("a row has no cells; add at least one with .text, .int or .float"));
+            return Err(invalid("a row has no cells; add at least one with .text, .int, .float or .bool"));
         }
         if let Some(first) = self.0.first() {
             if first.columns() != row.columns() {
@@ -148,6 +156,7 @@ impl Rows {
                 let series = match kind {
                     Cell::Text(_) => Series::new(name.into(), cells.map(|c| if let Cell::Text(s) = c { s.clone() } else { unreachable!() }).collect::<Vec<_>>()),
                     Cell::Int(_) => Series::new(name.into(), cells.map(|c| if let Cell::Int(v) = c { *v } else { unreachable!() }).collect::<Vec<_>>()),
+                    Cell::Bool(_) => Series::new(name.into(), cells.map(|c| if let Cell::Bool(v) = c { *v } else { unreachable!() }).collect::<Vec<_>>()),
                     Cell::Float(_) => Series::new(name.into(), cells.map(|c| if let Cell::Float(v) = c { *v } else { unreachable!() }).collect::<Vec<_>>()),
                 };
                 series.into()
@@ -173,11 +182,12 @@ mod tests {
     #[test]
     fn rows_become_typed_columns() {
         let mut rows = Rows::new();
-        rows.push(Row::new().text("a", "x").int("n", 3usize).float("v", 0.5f32)).unwrap();
-        rows.push(Row::new().text("a", "y").int("n", 4u64).float("v", 1.5)).unwrap();
-        rows.push(Row::new().text("a", "z").int("n", 5).maybe_float("v", None)).unwrap();
+        rows.push(Row::new().text("a", "x").int("n", 3usize).float("v", 0.5f32).bool("ok", true)).unwrap();
+        rows.push(Row::new().text("a", "y").int("n", 4u64).float("v", 1.5).bool("ok", false)).unwrap();
+        rows.push(Row::new().text("a", "z").int("n", 5).maybe_float("v", None).bool("ok", true)).unwrap();
         let df = rows.to_dataframe().unwrap();
-        assert_eq!(df.shape(), (3, 3));
+        assert_eq!(df.shape(), (3, 4));
+        assert_eq!(df.column("ok").unwrap().bool().unwrap().get(1), Some(false));
         assert_eq!(df.column("v").unwrap().null_count(), 1, "an empty cell is null, not NaN");
         assert_eq!(df.column("n").unwrap().i64().unwrap().get(1), Some(4));
         assert_eq!(df.column("v").unwrap().f64().unwrap().get(0), Some(0.5));
@@ -193,6 +203,7 @@ mod tests {
         assert!(renamed.contains("[\"a\", \"w\"]") && renamed.contains("same columns"), "{renamed}");
         let retyped = rows.push(Row::new().text("a", "x").int("v", 1)).unwrap_err().to_string();
         assert!(retyped.contains("\"v\" holds float values") && retyped.contains("integer"), "{retyped}");
+        assert!(rows.push(Row::new().text("a", "x").bool("v", true)).unwrap_err().to_string().contains("yes/no"));
         assert_eq!(rows.len(), 1);
         assert_eq!(Rows::new().to_dataframe().unwrap().shape(), (0, 0));
     }
