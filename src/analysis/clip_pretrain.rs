@@ -272,7 +272,7 @@ fn pretrain_here(images: &Dataset, captions: &[String], cfg: &ContrastiveConfig)
         let idx: Vec<u32> = order[b * cfg.batch_size..(b + 1) * cfg.batch_size].iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_vec(idx, cfg.batch_size, &device)?;
         let logits = model.logits_per_image(&pixels.index_select(&idx, 0)?, &ids.index_select(&idx, 0)?)?;
-        let loss = ((crate::kernels::cross_entropy(&logits, &targets)? + crate::kernels::cross_entropy(&logits.t()?.contiguous()?, &targets)?)? * 0.5)?;
+        let loss = ((crate::kernels::cross_entropy(&logits, &targets, 0.0)? + crate::kernels::cross_entropy(&logits.t()?.contiguous()?, &targets, 0.0)?)? * 0.5)?;
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
             return Err(Error::NonFinite { epoch: step / per_epoch, step, what: "contrastive loss", value: value as f32 });

@@ -6,14 +6,11 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D}
 use std::sync::OnceLock;
 
 /// Mean cross-entropy of `logits` (N, classes) against integer class `targets` (N), as a
-/// scalar tensor: PyTorch's `cross_entropy` with mean reduction.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    cross_entropy_with_smoothing(logits, targets, 0.0)
-}
-
-/// [`cross_entropy`] with label smoothing `eps`: the target distribution puts `1 - eps` on
-/// the label and spreads `eps` uniformly over all classes (PyTorch's `label_smoothing`).
-pub fn cross_entropy_with_smoothing(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Tensor> {
+/// scalar tensor, with label smoothing `eps` (0 for none): the target distribution puts
+/// `1 - eps` on the label and spreads `eps` uniformly over all classes. PyTorch's
+/// `cross_entropy(logits, targets, label_smoothing=eps)` with mean reduction. The one
+/// implementation every training loop uses (re-exported as `train::cross_entropy`).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Tensor> {
     let (n, classes) = logits.dims2()?;
     if targets.dims() != [n] {
         bail!("cross_entropy: targets have shape {:?}, expected [{n}]", targets.dims())

@@ -42,7 +42,7 @@ mod res_block;
 pub use activation::{add_relu, relu};
 pub use conv::conv2d;
 pub use conv_bn::{conv2d_affine, conv2d_batch_norm_train, ConvBn};
-pub use loss::{cross_entropy, cross_entropy_with_smoothing};
+pub use loss::cross_entropy;
 pub use norm::{batch_norm_eval, batch_norm_eval_affine, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu, channel_affine, BatchNormOutput};
 pub use pool::{avg_pool2d, max_pool2d, max_pool2d_relu};
 pub use res_block::{basic_block_train, BasicBlock, BasicBlockOutput, BatchStats, BlockParams, Shortcut};

@@ -85,9 +85,3 @@ pub fn per_sample_cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_cor
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
-
-/// Mean cross-entropy with label smoothing `eps` (PyTorch's definition: the target
-/// distribution puts 1 - eps on the label and eps spread uniformly over all classes).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    crate::kernels::cross_entropy_with_smoothing(logits, targets, eps)
-}

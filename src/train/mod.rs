@@ -7,7 +7,8 @@ pub mod optim;
 pub mod schedule;
 mod trainer;
 
-pub use evaluate::{accuracy, cross_entropy, features, logits, per_sample_cross_entropy, per_sample_losses, predict};
+pub use crate::kernels::cross_entropy;
+pub use evaluate::{accuracy, features, logits, per_sample_cross_entropy, per_sample_losses, predict};
 pub use optim::{Optimizer, OptimizerConfig};
 // Progress lives below every concern (the hub shows download progress too); re-exported here
 // because training is where most users meet it.

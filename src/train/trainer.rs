@@ -1,7 +1,8 @@
 //! The training loop: seeded, resumable, with per-epoch evaluation and a pluggable objective.
 
 use super::checkpoint::{self, CheckpointMeta};
-use super::evaluate::{accuracy, cross_entropy};
+use super::evaluate::accuracy;
+use crate::kernels::cross_entropy;
 use super::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 use crate::progress::{Progress, ProgressMode};
 use super::schedule::LrSchedule;

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use rand::Rng;
-use transferlab::attacks::distillation::gradient_matching::{avg_pool2, conv3x3, cross_entropy, gradient_distance, grads_of, onehot, with_second_order, MatchNet};
+use transferlab::attacks::distillation::gradient_matching::{avg_pool2, conv3x3, gradient_distance, grads_of, onehot, onehot_cross_entropy, with_second_order, MatchNet};
 use transferlab::attacks::distillation::{self, DistillVariant, DistillationBackdoorConfig};
 use transferlab::attacks::Trigger;
 use transferlab::data::digits;
@@ -23,7 +23,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// a fixed "real" gradient.
 fn matching(net: &MatchNet, x: &Tensor, real: &[Tensor]) -> Tensor {
     let y = onehot(&[0, 1], 2).unwrap();
-    let g = grads_of(&cross_entropy(&net.logits(x).unwrap(), &y).unwrap(), &net.matched()).unwrap();
+    let g = grads_of(&onehot_cross_entropy(&net.logits(x).unwrap(), &y).unwrap(), &net.matched()).unwrap();
     let mut total = Tensor::new(0f32, &Device::Cpu).unwrap();
     for (r, s) in real.iter().zip(&g) {
         total = (total + gradient_distance(r, s).unwrap()).unwrap();
@@ -385,11 +385,11 @@ fn matching_step_timings() {
             net.logits(&xr).unwrap();
         });
         time("first order real", &mut || {
-            grads_of(&cross_entropy(&net.logits(&xr).unwrap(), &yr).unwrap(), &net.matched()).unwrap();
+            grads_of(&onehot_cross_entropy(&net.logits(&xr).unwrap(), &yr).unwrap(), &net.matched()).unwrap();
         });
-        let real: Vec<Tensor> = grads_of(&cross_entropy(&net.logits(&xr).unwrap(), &yr).unwrap(), &net.matched()).unwrap();
+        let real: Vec<Tensor> = grads_of(&onehot_cross_entropy(&net.logits(&xr).unwrap(), &yr).unwrap(), &net.matched()).unwrap();
         time("second order syn", &mut || {
-            let g = grads_of(&cross_entropy(&net.logits(xs.as_tensor()).unwrap(), &ys).unwrap(), &net.matched()).unwrap();
+            let g = grads_of(&onehot_cross_entropy(&net.logits(xs.as_tensor()).unwrap(), &ys).unwrap(), &net.matched()).unwrap();
             let mut d = Tensor::new(0f32, &Device::Cpu).unwrap();
             for (r, s) in real.iter().zip(&g) {
                 d = (d + gradient_distance(&r.detach(), s).unwrap()).unwrap();

@@ -229,8 +229,10 @@ fn instance_norm(x: &Tensor, scale: &Var, shift: &Var) -> candle_core::Result<Te
 }
 
 /// Mean cross-entropy from logits and one-hot targets, with ops that differentiate twice (the
-/// row maximum is a constant shift, so it is detached).
-pub fn cross_entropy(logits: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
+/// row maximum is a constant shift, so it is detached). Not [`crate::kernels::cross_entropy`]:
+/// gradient matching differentiates the gradient of this loss, and the fused kernel's
+/// backward pass is not itself differentiable.
+pub fn onehot_cross_entropy(logits: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -390,8 +392,8 @@ pub fn distill(mut real: Dataset, s: &DistillationConfig, seed: u64, progress_mo
                 let (x_real, _) = real.batch(&idx, &dev)?;
                 let y_real = onehot(&vec![cls as u32; take], k)?;
                 let g_real: Vec<Tensor> =
-                    grads_of(&cross_entropy(&net.logits(&x_real)?, &y_real)?, &matched)?.into_iter().map(|g| g.detach()).collect();
-                let g_syn = grads_of(&cross_entropy(&net.logits(syn[cls].as_tensor())?, &class_onehot[cls])?, &matched)?;
+                    grads_of(&onehot_cross_entropy(&net.logits(&x_real)?, &y_real)?, &matched)?.into_iter().map(|g| g.detach()).collect();
+                let g_syn = grads_of(&onehot_cross_entropy(&net.logits(syn[cls].as_tensor())?, &class_onehot[cls])?, &matched)?;
                 for (gr, gs) in g_real.iter().zip(&g_syn) {
                     let d = gradient_distance(gr, gs)?;
                     total = Some(match total {
@@ -417,7 +419,7 @@ pub fn distill(mut real: Dataset, s: &DistillationConfig, seed: u64, progress_mo
                 for chunk in order.chunks(s.batch_train.max(1)) {
                     let ids = Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &dev)?;
                     let labels: Vec<u32> = chunk.iter().map(|&i| syn_labels[i]).collect();
-                    let loss = cross_entropy(&net.logits(&x_syn.index_select(&ids, 0)?)?, &onehot(&labels, k)?)?;
+                    let loss = onehot_cross_entropy(&net.logits(&x_syn.index_select(&ids, 0)?)?, &onehot(&labels, k)?)?;
                     let grads = grads_of(&loss, &params)?;
                     for (p, g) in params.iter().zip(grads) {
                         p.set(&(p.as_tensor() - (g.detach() * s.lr_net)?)?.detach())?;
