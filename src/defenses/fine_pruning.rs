@@ -4,6 +4,7 @@
 
 use super::probe::{before_after_sentence, check_data, BackdoorProbe};
 use crate::attacks::{defence_effectiveness_rate, defence_table, triggered_victims, BackdoorMetrics};
+use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{Arch, LoadMode, Network};
@@ -31,6 +32,9 @@ pub struct FinePruningConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub optimizer: OptimizerConfig,
+    /// Augmentation while fine-tuning, as [`super::FineTuningConfig::augment`] (none by
+    /// default: the right crop size depends on the image size).
+    pub augment: Augment,
     pub seed: u64,
     pub progress: ProgressMode,
 }
@@ -44,6 +48,7 @@ impl Default for FinePruningConfig {
             batch_size: 128,
             lr: 0.01,
             optimizer: OptimizerConfig::sgd_momentum(),
+            augment: Augment::none(),
             seed: 0,
             progress: ProgressMode::Hidden,
         }
@@ -275,7 +280,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &FinePrun
     model.unfreeze_all();
     bake_pruning(&mut model, &mask)?;
     let pruned_metrics = probe.measure(&model)?;
-    let tc = TrainConfig::constant_rate(cfg.epochs, cfg.batch_size, cfg.optimizer.clone(), cfg.lr, cfg.seed, cfg.progress);
+    let tc = TrainConfig { augment: cfg.augment, ..TrainConfig::constant_rate(cfg.epochs, cfg.batch_size, cfg.optimizer.clone(), cfg.lr, cfg.seed, cfg.progress) };
     let mut objective = MaskedHead { mask: Tensor::from_slice(&mask, (1, mask.len()), model.device())? };
     train_with(&mut model, clean, None, &tc, &mut objective)?;
     // Weight decay moved the pruned columns off zero; they never reached the logits.

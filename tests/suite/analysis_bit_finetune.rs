@@ -1,13 +1,13 @@
 //! BiT fine-tuning: the HyperRule's regimes, the zero head, config errors, determinism, and
-//! few-shot transfer against scratch on a miniature.
+//! few-shot transfer beating scratch on notebook 10's miniature.
 
 use std::time::Instant;
 use transferlab::analysis::bit_finetune::{run, zero_head, BitFinetuneConfig, BitHyperRule};
 use transferlab::data::transforms::resize;
-use transferlab::data::{digits, Dataset};
+use transferlab::data::{digits, place_on_canvas, Dataset};
 use transferlab::models::{ModelSpec, Network};
 use transferlab::report::Outcome;
-use transferlab::train::{accuracy, train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
+use transferlab::train::{train, LrSchedule, OptimizerConfig, ProgressMode, TrainConfig};
 use candle_core::Device;
 
 // resnetv2-tiny needs at least 16x16 inputs.
@@ -19,8 +19,7 @@ fn target() -> (Dataset, Dataset) {
     digits16(&[5, 6, 7, 8, 9]).split(0.5, 0, true).unwrap()
 }
 
-fn source_net(epochs: usize) -> Network {
-    let src = digits16(&[0, 1, 2, 3, 4]);
+fn source_net(src: &Dataset, epochs: usize) -> Network {
     let mut net = Network::new(&ModelSpec::named("resnetv2-tiny", src.shape, 5).unwrap(), 0, &Device::Cpu).unwrap();
     let cfg = TrainConfig {
         epochs,
@@ -30,7 +29,7 @@ fn source_net(epochs: usize) -> Network {
         progress: ProgressMode::Hidden,
         ..TrainConfig::default()
     };
-    train(&mut net, &src, None, &cfg).unwrap();
+    train(&mut net, src, None, &cfg).unwrap();
     net
 }
 
@@ -120,31 +119,39 @@ fn config_errors() {
     assert!(BitHyperRule::default().train_config(0, 0).is_err());
 }
 
+/// Notebook 10's miniature: digits shrunk to 12x12 and placed at random on a noisy 16x16
+/// canvas (the source, digits 0-4, four placements of each; the target, digits 5-9, one), so
+/// that the target's few examples do not cover the nuisance variation the source taught.
+fn placed_digits() -> (Dataset, Dataset, Dataset) {
+    let d = resize(&digits().unwrap(), (12, 12)).unwrap();
+    let source = place_on_canvas(&d.class_subset(&[0, 1, 2, 3, 4], true).unwrap(), (16, 16), 4, 0.1, 1).unwrap();
+    let (tr, te) = d.class_subset(&[5, 6, 7, 8, 9], true).unwrap().split(0.5, 0, true).unwrap();
+    (source, place_on_canvas(&tr, (16, 16), 1, 0.1, 2).unwrap(), place_on_canvas(&te, (16, 16), 1, 0.1, 3).unwrap())
+}
+
 #[test]
-// The paper's claim is transfer >> scratch at few shots. On this miniature (a resnetv2-tiny
-// source trained on 900 images of digits 0-4, target digits 5-9) it does NOT hold: scratch
-// training with the same recipe matches or beats transfer (5-shot, lr 0.03: 75 % vs 76 %;
-// see the notebook). So the test asserts what does hold: the HyperRule fine-tuning from a
-// zero head learns the target from 5 examples per class (chance is 20 %), runs are
-// reproducible, and both numbers are reported.
-fn five_shot_transfer_learns_and_is_deterministic() {
+/// BiT's claim, transfer >> scratch at few shots, on notebook 10's miniature: fine-tuning the
+/// source with the (scaled) HyperRule beats the same recipe from scratch at 1 and 5 examples
+/// per class, over two seeds; runs are reproducible. (On centred digits without noise the
+/// claim does not hold: a random GroupNorm ResNet already separates them, see the notebook.)
+fn few_shot_transfer_beats_scratch_and_is_deterministic() {
     let t0 = Instant::now();
-    let (tr, te) = target();
-    let src = source_net(6);
-    let src_acc = accuracy(&src, &digits16(&[0, 1, 2, 3, 4])).unwrap();
-    let t1 = t0.elapsed().as_secs_f64();
-    let cfg = quiet(vec![5], 2, false);
+    let (source, tr, te) = placed_digits();
+    let src = source_net(&source, 6);
+    let cfg = quiet(vec![1, 5], 2, false);
     let r = run(&src, &tr, &te, &cfg).unwrap();
-    let t2 = t0.elapsed().as_secs_f64() - t1;
-    let (t, s) = r.mean(Some(5)).unwrap();
-    println!("source train acc {src_acc:.3} ({t1:.1}s); 5-shot transfer {t:.3} scratch {s:.3} ({t2:.1}s); {:?}", r.rows);
-    assert_eq!(r.rows.len(), 2);
-    assert!(r.rows.iter().all(|x| x.examples == 25 && x.steps == 50));
-    assert!(t > 0.5 && s > 0.4, "transfer {t} vs scratch {s}");
+    for k in [1, 5] {
+        let (t, s) = r.mean(Some(k)).unwrap();
+        println!("{k}-shot: transfer {t:.3} scratch {s:.3}");
+        assert!(t > s + 0.05, "{k}-shot: transfer {t} does not beat scratch {s}");
+    }
+    println!("{:.1} s; {:?}", t0.elapsed().as_secs_f64(), r.rows);
+    assert_eq!(r.rows.len(), 4);
+    assert!(r.rows.iter().all(|x| x.steps == 50));
     let again = run(&src, &tr, &te, &cfg).unwrap();
     assert_eq!(r, again);
     let df = r.to_dataframe().unwrap();
-    assert_eq!(df.shape(), (2, 6));
+    assert_eq!(df.shape(), (4, 6));
     r.figure().unwrap();
 }
 
