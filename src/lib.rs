@@ -105,4 +105,24 @@ pub mod prelude {
     // CLIP zero-shot (issue 6).
     pub use crate::analysis::{ContrastiveConfig, PretrainedClip, ZeroShotConfig, ZeroShotResult};
     pub use crate::hub::{ClipBundle, Hub, HubConfig, LoopbackHub, ModelRegistry};
+    // Every method's module, so that its entry point reads `fine_tuning::run(..)` with the
+    // prelude alone (each module's `run` has the same name, so the functions themselves are
+    // not imported).
+    pub use crate::analysis::{
+        bias_transfer, bit_finetune, classifier_editing, clip_pretrain, dataset_artifacts, failure_directions, feature_priors, linear_probe,
+        natural_backdoor_datasets, source_influence, spurious_patterns, svm, zero_shot,
+    };
+    pub use crate::attacks::{hidden_trigger, input_aware, lira, low_frequency, neuba, trojannn};
+    pub use crate::defenses::{
+        abl, anp, clp, detection, feature_shift_tuning, fine_pruning, fine_tuning, ft_sam, i_bau, nad, nc_unlearning, rnp, sau, survival,
+        trigger_inversion,
+    };
+    // The defences' configs and results, and the probe they all measure with.
+    pub use crate::defenses::{
+        AblConfig, AblResult, AnpConfig, AnpResult, BackdoorProbe, ClpConfig, ClpResult, FinePruningConfig, FinePruningResult,
+        FineTuningConfig, FineTuningResult, FstConfig, FstResult, FtSamConfig, FtSamResult, IBauConfig, IBauResult, InversionConfig,
+        LabelPairScanResult, MembershipProbe, NadConfig, NadResult, NcUnlearningConfig, NcUnlearningResult, NeuralCleanseResult, RnpConfig,
+        RnpResult, SauConfig, SauResult, SurvivalConfig, SurvivalResult,
+    };
+    pub use crate::attacks::{InputAwareConfig, InputAwareResult, LiraConfig, LiraResult, LowFrequencyConfig, LowFrequencyResult, TrojanNnConfig, TrojanNnResult};
 }

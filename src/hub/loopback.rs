@@ -12,7 +12,11 @@
 //! token), and every request is logged, so tests can assert what went over the wire.
 
 use super::download::{git_sha1_hex, hex, sha256_hex};
-use super::repo::RepoKind;
+use super::config::HubConfig;
+use super::download::Hub;
+use super::models::{ModelRegistry, Preprocess};
+use super::repo::{Repo, RepoKind};
+use crate::models::Network;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -137,6 +141,44 @@ impl LoopbackHub {
             self.add_file(kind, id, &rel, bytes);
         }
         Ok(())
+    }
+
+    /// A client of this hub with an empty cache of its own (a folder under the system's
+    /// temporary directory named by this hub's port, emptied first), progress hidden.
+    pub fn client(&self) -> Result<Hub> {
+        let cache = std::env::temp_dir().join(format!("transferlab-loopback-{}-cache", self.addr.port()));
+        if cache.exists() {
+            std::fs::remove_dir_all(&cache).map_err(|e| Error::io("empty the loopback hub's cache", &cache, e))?;
+        }
+        let mut config = HubConfig::new(&self.endpoint(), cache);
+        config.progress = false;
+        Ok(Hub::new(config))
+    }
+
+    /// Serve `net`'s weights as `model.safetensors` of model repository `id`, and register
+    /// `id` in `registry` with `net`'s spec and `preprocess`: a model of ours published as a
+    /// hub model, so that `registry.load_network(&server.client()?, id, ..)` loads it by id.
+    ///
+    /// ```
+    /// use transferlab::hub::{LoopbackHub, ModelRegistry, Preprocess};
+    /// use transferlab::models::{ModelSpec, Network};
+    /// use candle_core::Device;
+    /// let net = Network::new(&ModelSpec::named("mlp", (1, 8, 8), 10)?, 0, &Device::Cpu)?;
+    /// let server = LoopbackHub::start()?;
+    /// let mut registry = ModelRegistry::builtin();
+    /// let identity = Preprocess { resize: 8, crop: 8, interpolation: "bilinear", mean: [0.0; 3], std: [1.0; 3] };
+    /// server.publish_network("me/mlp-digits", &net, identity, &mut registry)?;
+    /// let back = registry.load_network(&server.client()?, "me/mlp-digits", &Device::Cpu)?;
+    /// assert_eq!(back.spec(), net.spec());
+    /// # Ok::<(), transferlab::Error>(())
+    /// ```
+    pub fn publish_network(&self, id: &str, net: &Network, preprocess: Preprocess, registry: &mut ModelRegistry) -> Result<()> {
+        let staged = std::env::temp_dir().join(format!("transferlab-loopback-{}-{}.safetensors", self.addr.port(), id.replace('/', "--")));
+        net.save(&staged)?;
+        let bytes = std::fs::read(&staged).map_err(|e| Error::io("read", &staged, e));
+        let _ = std::fs::remove_file(&staged);
+        self.add_model_file(id, "model.safetensors", bytes?);
+        registry.register_hub(id, Repo::model(id), "model.safetensors", net.spec().clone(), preprocess)
     }
 
     /// Inject a fault.

@@ -39,6 +39,13 @@ impl From<DataFrame> for Table {
     }
 }
 
+/// A table shown without giving the DataFrame up (a notebook cell can be run again).
+impl From<&DataFrame> for Table {
+    fn from(df: &DataFrame) -> Self {
+        Table(df.clone(), None)
+    }
+}
+
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)?;

@@ -18,6 +18,14 @@ pub struct Figure {
     pub size: (u32, u32),
 }
 
+/// A picture grid shown as a figure, without giving the grid up (a notebook cell can be run
+/// again): `Figure::from(&grid).with_size(900, 300)`.
+impl From<&super::charts::ImageGrid> for Figure {
+    fn from(grid: &super::charts::ImageGrid) -> Self {
+        Figure::new(Chart::Grid(grid.clone()))
+    }
+}
+
 impl Figure {
     /// A figure of the default size.
     pub fn new(chart: Chart) -> Self {
