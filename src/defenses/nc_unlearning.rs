@@ -4,7 +4,7 @@
 //! learns to ignore it.
 
 use super::probe::{before_after_sentence, check_data, BackdoorProbe};
-use super::trigger_inversion::{neural_cleanse, InversionConfig, NeuralCleanseResult};
+use super::trigger_inversion::{self, InversionConfig, NeuralCleanseResult};
 use crate::attacks::{defence_effectiveness_rate, defence_table, metrics_figure, BackdoorMetrics};
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
@@ -112,7 +112,7 @@ pub fn run(net: &Network, clean: &Dataset, probe: &BackdoorProbe, cfg: &NcUnlear
     }
     check_data(net, clean, "clean data")?;
     let before = ("no defence".to_string(), probe.measure(net)?);
-    let detection = neural_cleanse(net, clean, &cfg.inversion)?;
+    let detection = trigger_inversion::run(net, clean, &cfg.inversion)?;
     let mut model = net.duplicate()?;
     if !detection.flagged.is_empty() {
         let patched = stamp_inverted(clean, &detection, cfg)?;

@@ -328,16 +328,15 @@ impl Outcome for NeuralCleanseResult {
 
 /// Neural Cleanse (Wang et al. 2019), the module's entry point: invert a trigger for every
 /// label of `net` from the defender's `clean` data, and flag labels whose mask is anomalously
-/// small. Also exported as [`neural_cleanse`]; the natural-backdoor pair scan of the same
-/// inversion is [`scan_label_pairs`].
+/// small. The natural-backdoor pair scan of the same inversion is [`scan_label_pairs`].
 ///
 /// ```
 /// use transferlab::prelude::*;
-/// use transferlab::defenses::trigger_inversion::{neural_cleanse, InversionConfig};
+/// use transferlab::defenses::trigger_inversion::{self, InversionConfig};
 /// let data = digits().unwrap().select(&(0..40).collect::<Vec<_>>()).unwrap();
 /// let net = Network::new(&ModelSpec::named("mlp", data.shape, 10).unwrap(), 0, &Device::Cpu).unwrap();
 /// let cfg = InversionConfig { rounds: 2, steps_per_round: 2, ..Default::default() };
-/// let r = neural_cleanse(&net, &data, &cfg).unwrap();
+/// let r = trigger_inversion::run(&net, &data, &cfg).unwrap();
 /// assert_eq!(r.to_dataframe().unwrap().height(), 10);
 /// ```
 pub fn run(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> Result<NeuralCleanseResult> {
@@ -364,8 +363,6 @@ pub fn run(net: &Network, clean: &Dataset, cfg: &InversionConfig) -> Result<Neur
         (0..k).filter(|&i| norms[i] < med && anomaly_index[i] > cfg.anomaly_threshold).map(|i| i as u32).collect();
     Ok(NeuralCleanseResult { shape: clean.shape, triggers, anomaly_index, flagged })
 }
-
-pub use self::run as neural_cleanse;
 
 /// Label pairs of a (clean) model with their inverted triggers: the natural-backdoor scan
 /// ([`scan_label_pairs`]). Not to be confused with
@@ -442,7 +439,7 @@ impl Outcome for LabelPairScanResult {
 pub fn scan_label_pairs(net: &Network, clean: &Dataset, pairs: Option<&[(u32, u32)]>, cfg: &InversionConfig) -> Result<LabelPairScanResult> {
     cfg.validate()?;
     check_data(net, clean, "clean data")?;
-    let net = &net.duplicate()?; // see neural_cleanse
+    let net = &net.duplicate()?; // see run
     let k = net.spec().num_classes as u32;
     let all: Vec<(u32, u32)> = match pairs {
         Some(p) => p.to_vec(),

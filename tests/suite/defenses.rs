@@ -7,7 +7,7 @@ use candle_core::Device;
 use defenses_support::case;
 use transferlab::attacks::{defence_effectiveness_rate, BackdoorMetrics, Trigger};
 use transferlab::data::Dataset;
-use transferlab::defenses::trigger_inversion::{anomaly_indices, neural_cleanse, scan_label_pairs};
+use transferlab::defenses::trigger_inversion::{self, anomaly_indices, scan_label_pairs};
 use transferlab::defenses::*;
 use transferlab::models::{Arch, ModelSpec, Network, Norm};
 use transferlab::report::{Outcome, Sweep};
@@ -41,7 +41,7 @@ fn defences_refuse_what_they_cannot_handle() {
     assert!(e.contains("clean data") && e.contains("empty"), "{e}");
     let e = fine_pruning::run(&net, &empty_like(&c.defender), &c.probe, &Default::default()).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
-    let e = neural_cleanse(&net, &empty_like(&c.defender), &Default::default()).unwrap_err().to_string();
+    let e = trigger_inversion::run(&net, &empty_like(&c.defender), &Default::default()).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
     // Wrong image shape.
     let wrong = Dataset::new(vec![0.0; 200 * 3 * 8 * 8], (3, 8, 8), (0..200).map(|i| i % 10).collect(), Dataset::numbered_classes(10)).unwrap();
@@ -171,7 +171,7 @@ fn neural_cleanse_flags_the_badnets_target() {
     let c = case();
     let net = defenses_support::backdoored(&c);
     let inv = InversionConfig { rounds: 15, steps_per_round: 5, ..InversionConfig::default() };
-    let nc = neural_cleanse(&net, &c.defender, &inv).unwrap();
+    let nc = trigger_inversion::run(&net, &c.defender, &inv).unwrap();
     eprintln!("flagged {:?}, anomaly {:?}", nc.flagged, nc.anomaly_index);
     assert!(nc.flagged.contains(&0), "target 0 not flagged: {:?} {:?}", nc.flagged, nc.anomaly_index);
     assert!(nc.anomaly_index[0] > 2.0, "{:?}", nc.anomaly_index);
