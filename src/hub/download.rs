@@ -122,6 +122,10 @@ impl Hub {
         }
         let cache = self.repo_cache(repo);
         let (blob, part) = (cache.blob_path(&etag), cache.blob_path(&etag).with_extension("part"));
+        if fs::metadata(&part).is_ok_and(|m| m.len() > meta.size() as u64) {
+            // Longer than the file: not a prefix of it, and hf-hub refuses to resume it.
+            fs::remove_file(&part).map_err(|e| Error::io("remove a stale partial download", &part, e))?;
+        }
         if fs::metadata(&part).is_ok_and(|m| m.len() == meta.size() as u64) && !blob.is_file() {
             // Complete but never moved into place (a run stopped in between): hf-hub would
             // ask for the bytes after the end, which the hub refuses.

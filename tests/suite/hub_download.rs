@@ -172,6 +172,13 @@ fn partial_file_from_an_earlier_run_is_resumed() {
     let p = hub(&server, dir.path()).get(&Repo::model("org/tiny"), "model.safetensors").unwrap();
     assert_eq!(std::fs::read(p).unwrap(), weights);
     assert!(server.requests()[before..].iter().all(|r| r.ends_with("bytes=0-0")), "{:?}", &server.requests()[before..]);
+    // One longer than the file is no prefix of it: dropped, and the file downloaded afresh.
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("models--org--tiny/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{}.part", sha256_hex(&weights))), vec![7u8; weights.len() + 10]).unwrap();
+    let p = hub(&server, dir.path()).get(&Repo::model("org/tiny"), "model.safetensors").unwrap();
+    assert_eq!(std::fs::read(p).unwrap(), weights);
 }
 
 #[test]
