@@ -7,7 +7,7 @@
 //! | CIFAR-10 / CIFAR-100 binary batches | [`read_cifar10`], [`read_cifar100`] | [`write_cifar10`], [`write_cifar100`] |
 //! | `root/<class>/<image>` folders | [`read_image_folder`] | [`write_image_folder`] |
 //! | Hugging Face `datasets` Parquet | [`read_hf_parquet`] | [`write_hf_parquet`] |
-//! | UCI digits (embedded) | [`digits`], [`read_digits_csv`] | |
+//! | UCI digits (embedded) | [`digits()`], [`read_digits_csv`] | |
 //! | synthetic shapes and textures | [`generate`] | |
 //!
 //! Readers return [`crate::Error::Format`] naming the file and what is wrong with it; they

@@ -193,7 +193,7 @@ pub fn basic_block(x: &Tensor, [conv1, conv2]: [&Conv2d; 2], [bn1, bn2]: [&Batch
     conv_bn(conv2, bn2, &out, train, true, Some(&shortcut))
 }
 
-/// A fully connected layer (`weight` [out, in], `bias` [out]).
+/// A fully connected layer (`weight` of shape (out, in), `bias` of shape (out)).
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: candle_nn::Linear,

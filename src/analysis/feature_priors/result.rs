@@ -23,7 +23,7 @@ pub struct EraRecord {
     pub pseudo_label_accuracy: f64,
 }
 
-/// What [`run`] measured.
+/// What [`super::run`] measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeaturePriorsResult {
     /// Every era of both schemes; era 0 (labelled only) is shared and listed once per scheme.
