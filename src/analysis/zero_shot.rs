@@ -313,14 +313,3 @@ pub fn real_clip_available(hub: &crate::hub::Hub) -> bool {
     use crate::hub::Repo;
     hub.answers(&[Repo::model(OPENAI_CLIP), Repo::dataset(crate::hub::CIFAR10)])
 }
-
-/// The first `n_train` CIFAR-10 training and `n_test` test images (the splits are shuffled
-/// on the hub, so the first images cover every class).
-pub fn cifar10(hub: &crate::hub::Hub, n_train: usize, n_test: usize) -> Result<(Dataset, Dataset)> {
-    use crate::hub::{load_dataset, DatasetRequest};
-    let take = |split: &str, n: usize| -> Result<Dataset> {
-        let ds = load_dataset(hub, &DatasetRequest::new(crate::hub::CIFAR10, split))?;
-        ds.select(&(0..n.min(ds.len())).collect::<Vec<_>>())
-    };
-    Ok((take("train", n_train)?, take("test", n_test)?))
-}

@@ -245,6 +245,17 @@ pub fn load_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Dataset> {
     out.ok_or_else(|| Error::invalid("hub dataset", format!("{} has no rows in split {:?}", req.id, req.split)))
 }
 
+/// The first `n_train` training and `n_test` test images of CIFAR-10 by its hub id (the
+/// notebooks' real-hub branches). The splits are shuffled on the hub, so the first images
+/// cover every class; the shards are cached after the first call.
+pub fn cifar10_subset(hub: &Hub, n_train: usize, n_test: usize) -> Result<(Dataset, Dataset)> {
+    let take = |split: &str, n: usize| -> Result<Dataset> {
+        let ds = load_dataset(hub, &DatasetRequest::new(CIFAR10, split))?;
+        ds.select(&(0..n.min(ds.len())).collect::<Vec<_>>())
+    };
+    Ok((take("train", n_train)?, take("test", n_test)?))
+}
+
 /// Unreachable or offline: say how to serve a local copy too (a folder in the hub layout,
 /// such as ../shared/data/cifar10-jpeg for `uoft-cs/cifar10`).
 fn with_local_copy_hint(e: Error, id: &str) -> Error {

@@ -38,7 +38,7 @@ pub use crate::error::HubError;
 pub use loopback::{Fault, LoopbackHub, LFS_THRESHOLD};
 pub use repo::{is_commit, Repo, RepoKind};
 mod datasets;
-pub use datasets::{fetch_split, CIFAR10, load_dataset, parse_card_features, split_files, DatasetRequest, Feature, HUB_DATASETS};
+pub use datasets::{cifar10_subset, fetch_split, CIFAR10, load_dataset, parse_card_features, split_files, DatasetRequest, Feature, HUB_DATASETS};
 mod models;
 pub use models::{statistics_from_config, timm_to_ours, ClipBundle, Family, ModelEntry, ModelRegistry, Preprocess, Source, CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD};
 mod fetch;
